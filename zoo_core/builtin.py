@@ -1,0 +1,23 @@
+"""The zoo's own datasets and metrics, registered through the same hooks as any plugin."""
+from zoo_core.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+
+@hookimpl
+def register_datasets(register):
+    from zoo_core.data.digits import DigitsDataModule
+    from zoo_core.data.mnist import MNISTDataModule
+    from zoo_core.data.toy import TOY_DATASETS
+
+    for name, cls in TOY_DATASETS.items():
+        register(name, cls)
+    register("digits", DigitsDataModule)
+    register("mnist", MNISTDataModule)
+
+
+@hookimpl
+def register_metrics(register):
+    from zoo_core.metrics.nll import NLL
+
+    register("nll", NLL)

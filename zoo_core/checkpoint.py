@@ -1,0 +1,82 @@
+"""Finding and loading checkpoints safely (``weights_only=True``: loading never runs code).
+
+A zoo checkpoint is a Lightning checkpoint with a ``zoo`` section holding the family name and
+the fully resolved run configuration, so a checkpoint file alone rebuilds model and data.
+"""
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from zoo_core.errors import CheckpointError
+
+LAST = "last.ckpt"
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
+    """RUN_DIR or a .ckpt file -> (checkpoint file, run directory or None)."""
+    p = Path(path)
+    if p.is_dir():
+        ckpt = p / "checkpoints" / LAST
+        if not ckpt.is_file():
+            raise CheckpointError(f"{p}: no checkpoint at {ckpt}; expected a run directory made by 'zoo train' "
+                                  f"or a .ckpt file")
+        return ckpt, p
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such run directory or checkpoint file")
+    run_dir = p.parent.parent if p.parent.name == "checkpoints" else None
+    return p, run_dir if run_dir is not None and (run_dir / "config.yaml").is_file() else None
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """torch.load with weights_only=True; a one-line CheckpointError for anything unreadable."""
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
+            raise CheckpointError(f"{path}: refused to load: the checkpoint contains Python objects that could run "
+                                  f"code, and the zoo only loads plain tensors and containers ({first})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupted or not a torch file: {first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: cannot read checkpoint: truncated or corrupted ({first})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: not a zoo checkpoint (no state_dict)")
+    return checkpoint
+
+
+def checkpoint_config(checkpoint: dict, path: Path, run_dir: Path | None) -> dict:
+    zoo = checkpoint.get("zoo") or {}
+    if zoo.get("config"):
+        return zoo["config"]
+    if run_dir is not None:
+        return yaml.safe_load((run_dir / "config.yaml").read_text())
+    raise CheckpointError(f"{path}: no zoo configuration inside the checkpoint and no config.yaml beside it")
+
+
+def load_model(path: str | Path, plugins=None):
+    """Rebuild the model of a run directory or checkpoint file. Returns (model, config, ckpt_path)."""
+    from zoo_core.plugins import get_plugins
+
+    plugins = plugins or get_plugins()
+    ckpt_path, run_dir = resolve_checkpoint(path)
+    checkpoint = read_checkpoint(ckpt_path)
+    config = checkpoint_config(checkpoint, ckpt_path, run_dir)
+    family = (checkpoint.get("zoo") or {}).get("family") or config.get("family")
+    cls = plugins.family(family)
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    try:
+        model = cls(**hparams)
+        model.load_state_dict(checkpoint["state_dict"])
+    except (TypeError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{ckpt_path}: does not fit family '{family}' ({first})") from None
+    model.zoo_config = config
+    model.eval()
+    return model, config, ckpt_path

@@ -1,0 +1,5 @@
+"""Datamodules (toy 2-D, sklearn digits, MNIST) and the likelihood bookkeeping of representations."""
+from zoo_core.data.base import ZooDataModule
+from zoo_core.data.spec import REPRESENTATIONS, DataSpec
+
+__all__ = ["DataSpec", "REPRESENTATIONS", "ZooDataModule"]

@@ -1,0 +1,34 @@
+"""sklearn's 8x8 handwritten digits (1797 images, grey levels 0..16; ships with scikit-learn)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from zoo_core.data.base import ZooDataModule
+from zoo_core.errors import DataError
+
+N_TRAIN, N_VAL, N_TEST = 1197, 300, 300
+
+
+class DigitsDataModule(ZooDataModule):
+    """Digits with a seeded permutation split: 1197 train / 300 val / 300 test, shape (N, 1, 8, 8)."""
+
+    name = "digits"
+    representations = ("binarized", "dequantized")
+    num_levels = 17
+
+    def load_splits(self) -> dict[str, Tensor]:
+        try:
+            from sklearn.datasets import load_digits
+            images = load_digits().images  # (1797, 8, 8) float64, integer values 0..16
+        except Exception as e:  # pragma: no cover - broken scikit-learn install
+            raise DataError(f"dataset 'digits': could not load sklearn.datasets.load_digits ({e})") from e
+        if images.shape != (N_TRAIN + N_VAL + N_TEST, 8, 8):
+            raise DataError(f"dataset 'digits': expected 1797 images of 8x8 from scikit-learn, got {images.shape}")
+        levels = torch.from_numpy(images.astype(np.uint8))[:, None]  # (1797, 1, 8, 8) uint8 0..16
+        perm = torch.randperm(len(levels), generator=torch.Generator().manual_seed(self.seed))  # (1797,)
+        idx = {"train": perm[:N_TRAIN], "val": perm[N_TRAIN:N_TRAIN + N_VAL], "test": perm[N_TRAIN + N_VAL:]}
+        if self.representation == "binarized":
+            return {k: levels[i].float() / (self.num_levels - 1) for k, i in idx.items()}  # intensities in [0, 1]
+        return {k: levels[i] for k, i in idx.items()}  # integer levels 0..16

@@ -1,0 +1,66 @@
+"""DataSpec: what a model needs to know about its data, and the likelihood bookkeeping.
+
+Every likelihood is reported per example in nats and in bits per dimension of the
+*original* discrete data where there is one:
+
+- ``binarized``: pixels are {0, 1} (dynamically binarised); log P(x) is already discrete.
+- ``dequantized``: x = (k + u) / L with k in {0..L-1}, u ~ U[0, 1)^D, so a density p on
+  [0, 1]^D gives the bound log P(k) >= E_u[log p((k + u) / L)] - D log L
+  (Theis et al. 2016, "A note on the evaluation of generative models").
+- ``continuous``: real-valued data (the toy 2-D sets); log p(x) is a differential density
+  and bits/dim is simply nats / (D ln 2).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+REPRESENTATIONS = ("binarized", "dequantized", "continuous")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    name: str
+    event_shape: tuple[int, ...]
+    representation: str  # one of REPRESENTATIONS
+    num_levels: int | None = None  # L of the original discrete data (256 for MNIST, 17 for digits)
+    extras: dict = field(default_factory=dict)  # dataset-specific facts (true entropy, ...)
+
+    def __post_init__(self):
+        if self.representation not in REPRESENTATIONS:
+            raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {self.representation!r}")
+        object.__setattr__(self, "event_shape", tuple(int(d) for d in self.event_shape))
+
+    @property
+    def dims(self) -> int:
+        return math.prod(self.event_shape)
+
+    @property
+    def is_binary(self) -> bool:
+        return self.representation == "binarized"
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.event_shape) == 3
+
+    @property
+    def log_prob_offset(self) -> float:
+        """Add to a model's log-density (nats, per example) to get log P in the original discrete space."""
+        if self.representation == "dequantized":
+            return -self.dims * math.log(self.num_levels)
+        return 0.0
+
+    def bits_per_dim(self, nll_nats: float) -> float:
+        """Bits per dimension of an NLL already expressed in the original space (see log_prob_offset)."""
+        return nll_nats / (self.dims * math.log(2.0))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["event_shape"] = list(self.event_shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict | "DataSpec") -> "DataSpec":
+        if isinstance(d, DataSpec):
+            return d
+        return cls(**{**d, "event_shape": tuple(d["event_shape"])})

@@ -1,0 +1,40 @@
+"""Exceptions that the zoo reports to users as one line (no traceback unless --verbose)."""
+
+
+class ZooError(Exception):
+    """A user-facing error: bad input, a missing file, a broken plugin. The CLI prints its message alone."""
+
+
+class ConfigError(ZooError):
+    """A registry entry or a --set override is invalid. The message names file, entry, key and what was expected."""
+
+
+class DataError(ZooError):
+    """Data is missing, unreadable, corrupted, or of the wrong shape/range for the model."""
+
+
+class CheckpointError(ZooError):
+    """A checkpoint or run directory cannot be read."""
+
+
+class PluginError(ZooError):
+    """A plugin failed to import, its hook raised, or it broke the registration rules."""
+
+
+class TrainingDiverged(ZooError):
+    """The loss became NaN or infinite; training stopped before applying the bad step."""
+
+
+class NoLikelihoodError(ZooError, NotImplementedError):
+    """Raised by ``log_prob`` of a family that defines no likelihood (GANs, plain autoencoders).
+
+    The message names the family and the metrics to use instead.
+    """
+
+    def __init__(self, family: str, alternatives: str):
+        self.family = family
+        self.alternatives = alternatives
+        super().__init__(
+            f"family '{family}' defines no likelihood, so log_prob is not available; "
+            f"compare it with {alternatives} instead"
+        )

@@ -1,0 +1,189 @@
+"""GenerativeModel: the abstract LightningModule every family implements.
+
+Conventions follow ``torch.distributions``:
+
+- ``log_prob(x)``: ``x`` of shape ``(*batch, *event_shape)`` -> ``(*batch,)`` in nats, never reduced.
+  Its value is a density of the model's own data representation (see ``zoo_core.data.spec``);
+  the runner adds ``DataSpec.log_prob_offset`` to report likelihoods in the original discrete space.
+- ``sample(sample_shape)`` -> ``(*sample_shape, *event_shape)``.
+- ``loss(x)`` -> the scalar that training minimises (a mean over the batch).
+
+``likelihood`` declares what ``log_prob`` returns: ``"exact"``, ``"bound"`` (``bound_name``
+says which, e.g. the ELBO or the importance-weighted bound with K samples) or ``"none"``
+(``log_prob`` raises :class:`NoLikelihoodError`).
+
+The Lightning plumbing (steps, ``train/`` and ``val/`` logging, optimisers from the registry
+entry, ``save_hyperparameters``) lives here; a family overrides what it must.
+"""
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any, ClassVar, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from zoo_core.data.spec import DataSpec
+from zoo_core.errors import NoLikelihoodError, TrainingDiverged
+
+LIKELIHOOD_KINDS = ("exact", "bound", "none")
+DEFAULT_OPTIM = {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "scheduler": None}
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+def as_sample_shape(sample_shape: int | Sequence[int] | torch.Size) -> torch.Size:
+    if isinstance(sample_shape, int):
+        return torch.Size([sample_shape])
+    return torch.Size(sample_shape)
+
+
+class GenerativeModel(pl.LightningModule, abc.ABC):
+    """Base class of every family. Subclasses set ``family`` and ``likelihood`` and implement
+    ``log_prob``, ``sample`` and ``loss``.
+
+    Constructor arguments: ``data`` (a :class:`DataSpec` as a dict; the runner fills it from the
+    datamodule), ``optim`` (the registry entry's optimiser settings), then the family's own model
+    parameters as keyword arguments. All of them are saved as hyperparameters, so a checkpoint
+    alone rebuilds the model.
+    """
+
+    family: ClassVar[str] = ""
+    likelihood: ClassVar[str] = "exact"
+    #: For ``likelihood == "none"``: what to compare the family with instead.
+    no_likelihood_alternatives: ClassVar[str] = "sample-quality metrics"
+
+    def __init__(self, data: dict, optim: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.data_spec = DataSpec.from_dict(data)
+        self.event_shape = torch.Size(self.data_spec.event_shape)
+        unknown = set(optim or {}) - set(DEFAULT_OPTIM)
+        if unknown:
+            raise ValueError(f"unknown optimiser settings {sorted(unknown)}; expected some of {sorted(DEFAULT_OPTIM)}")
+        self.optim_config = {**DEFAULT_OPTIM, **(optim or {})}
+        self.zoo_metrics: list = []  # set by the runner before testing
+        self.zoo_results: dict[str, float] = {}
+        # Set once data-dependent initialisation ran; a buffer, so a resumed run does not redo it.
+        self.register_buffer("_zoo_data_initialised", torch.tensor(False))
+
+    # ---- the interface -------------------------------------------------------------------
+    @abc.abstractmethod
+    def log_prob(self, x: Tensor) -> Tensor:
+        """(*batch, *event_shape) -> (*batch,) log-density in nats."""
+
+    @abc.abstractmethod
+    def sample(self, sample_shape: int | Sequence[int] | torch.Size = torch.Size()) -> Tensor:
+        """-> (*sample_shape, *event_shape)."""
+
+    @abc.abstractmethod
+    def loss(self, x: Tensor) -> Tensor:
+        """(batch, *event_shape) -> scalar training objective."""
+
+    # ---- helpers for families --------------------------------------------------------------
+    def likelihood_description(self) -> str:
+        """What ``log_prob`` measures, for metric output (e.g. 'exact', 'ELBO', 'IWAE bound, K=5000')."""
+        return {"exact": "exact log-likelihood", "none": "no likelihood"}.get(self.likelihood, "a lower bound")
+
+    def validate_sample(self, x: Tensor) -> tuple[int, ...]:
+        """Check ``x`` ends in ``event_shape``; return the batch shape. Raises ValueError otherwise."""
+        n = len(self.event_shape)
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{self.family}: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dim() < n or tuple(x.shape[x.dim() - n:]) != tuple(self.event_shape):
+            expected = "(*batch, " + ", ".join(str(d) for d in self.event_shape) + ")"
+            raise ValueError(f"{self.family}: expected x of shape {expected}, got {tuple(x.shape)}")
+        return tuple(x.shape[: x.dim() - n])
+
+    def no_likelihood(self) -> NoLikelihoodError:
+        return NoLikelihoodError(self.family, self.no_likelihood_alternatives)
+
+    def init_from_data(self, x: Tensor) -> None:
+        """Optional data-dependent initialisation (k-means, ActNorm, ...), called once before the
+        first training step with a deterministic batch of training data, identical on every rank."""
+
+    def reference_log_prob(self, x: Tensor) -> Tensor | None:
+        """An independent exact log-likelihood for testing bounds (e.g. by quadrature over a small
+        latent space); None where the family has none. Used by the conformance kit."""
+        return None
+
+    def sample_for_display(self, n: int) -> Tensor:
+        """Samples for pictures; a family may return e.g. decoder means instead (and say so)."""
+        return self.sample((n,))
+
+    def configure_evaluation(self, eval_config: dict) -> None:
+        """Apply the registry entry's ``eval`` settings (e.g. the number of importance samples)."""
+
+    # ---- Lightning plumbing ----------------------------------------------------------------
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        loss = self.loss(batch)
+        self.check_finite(loss, "loss")
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch))
+        return loss
+
+    def check_finite(self, value: Tensor, what: str) -> None:
+        """Stop training, before the bad step is applied, when ``value`` is NaN or infinite."""
+        bad = not bool(torch.isfinite(value.detach()).all())
+        if self.trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            raise TrainingDiverged(
+                f"{what} became {'NaN' if torch.isnan(value).any() else 'infinite'} at step "
+                f"{self.global_step} (epoch {self.current_epoch}) of family '{self.family}'; "
+                f"the step was not applied"
+            )
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        n = len(batch)
+        self.log("val/loss", self.loss(batch), on_epoch=True, sync_dist=True, batch_size=n)
+        if self.likelihood != "none":
+            nll = -(self.log_prob(batch) + self.data_spec.log_prob_offset).mean()
+            self.log("val/nll", nll, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=n)
+
+    def on_test_epoch_start(self) -> None:
+        for metric in self.zoo_metrics:
+            metric.reset()
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        for metric in self.zoo_metrics:
+            metric.update(self, batch)
+
+    def on_test_epoch_end(self) -> None:
+        results: dict[str, Any] = {}
+        for metric in self.zoo_metrics:
+            results.update(metric.compute(self))
+        self.zoo_results = results
+
+    def configure_optimizers(self):
+        cfg = self.optim_config
+        name = str(cfg["name"]).lower()
+        if name not in OPTIMIZERS:
+            raise ValueError(f"optim.name must be one of {sorted(OPTIMIZERS)}, got {cfg['name']!r}")
+        kwargs: dict[str, Any] = {"lr": float(cfg["lr"]), "weight_decay": float(cfg["weight_decay"])}
+        if name != "sgd":
+            kwargs["betas"] = tuple(cfg["betas"])
+        optimizer = OPTIMIZERS[name](self.parameters(), **kwargs)
+        if cfg.get("scheduler") in (None, "none"):
+            return optimizer
+        if cfg["scheduler"] != "cosine":
+            raise ValueError(f"optim.scheduler must be 'cosine' or null, got {cfg['scheduler']!r}")
+        total = self.trainer.estimated_stepping_batches
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(total)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit" or bool(self._zoo_data_initialised):
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "init_batch"):
+            self.init_from_data(datamodule.init_batch().to(self.device))
+        self._zoo_data_initialised.fill_(True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["zoo"] = {"family": self.family, "config": getattr(self, "zoo_config", None)}
+
+
+def gaussian_log_prob(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
+    """Elementwise log N(x; mean, exp(log_var)) in nats."""
+    return -0.5 * (math.log(2 * math.pi) + log_var + (x - mean) ** 2 * torch.exp(-log_var))

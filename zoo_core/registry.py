@@ -1,0 +1,345 @@
+"""registry.yaml: named, reproducible experiments. Loading, validation, overrides, resolution.
+
+An entry::
+
+    vae-mnist:
+      family: vae                                   # a registered family
+      description: ...                              # optional
+      data: {name: mnist, representation: binarized}  # + the dataset's own parameters
+      model: {latent_dim: 50, hidden: [500, 500]}   # the family's constructor arguments
+      optim: {name: adam, lr: 1.0e-3}
+      train: {max_epochs: 10, batch_size: 128, seed: 0}
+      eval: {metrics: [nll], iw_samples: 500}
+
+Sources, later ones overriding earlier ones by entry name: the zoo's registry.yaml, entries
+contributed by plugins (``register_entries``), then user files (``--registry FILE`` or
+``ZOO_REGISTRY=file1:file2``). Every error names the file, the entry, the key and what was
+expected. ``resolve`` fills every default, so the saved config repeats a run exactly.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from zoo_core.data.spec import REPRESENTATIONS
+from zoo_core.errors import ConfigError, PluginError
+from zoo_core.model import DEFAULT_OPTIM, OPTIMIZERS
+
+REGISTRY_ENV = "ZOO_REGISTRY"
+TOP_LEVEL_KEYS = ("family", "description", "data", "model", "optim", "train", "eval")
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "max_epochs": 10, "max_steps": -1, "batch_size": 128, "eval_batch_size": None, "seed": 0,
+    "precision": "32-true", "gradient_clip_val": None, "log_every_n_steps": 50,
+    "check_val_every_n_epoch": 1, "limit_train_batches": None,
+}
+EVAL_DEFAULTS: dict[str, Any] = {"metrics": ["nll"], "splits": ["test"], "iw_samples": None, "num_samples": 64}
+EVAL_SPLITS = ("train", "val", "test")
+PRECISIONS = ("32-true", "32", "64-true", "64", "16-mixed", "bf16-mixed", "bf16-true", "16-true")
+
+
+def suggest(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(name), list(candidates), n=3, cutoff=0.5)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def builtin_registry_path() -> Path:
+    """registry.yaml shipped inside the package (non-editable install) or at the repo root."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "registry.yaml", here.parent / "registry.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"the zoo's registry.yaml is missing (looked in {here} and {here.parent})")
+
+
+# ---- small typed checkers: each returns the normalised value or raises _Bad(expected) ---------
+class _Bad(Exception):
+    pass
+
+
+def _pos_int(v, allow_none=False):
+    if v is None and allow_none:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise _Bad("a positive integer" + (" or null" if allow_none else ""))
+    return v
+
+
+def _int(v):
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _Bad("an integer")
+    return v
+
+
+def _number(v, minimum=None, allow_none=False, exclusive=False):
+    if v is None and allow_none:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _Bad("a number" + (" or null" if allow_none else ""))
+    if minimum is not None and (v < minimum or (exclusive and v == minimum)):
+        raise _Bad(f"a number {'>' if exclusive else '>='} {minimum}")
+    return v
+
+
+def _choice(options, allow_none=False):
+    def check(v):
+        if v is None and allow_none:
+            return None
+        if not isinstance(v, (str, int)) or str(v) not in options:
+            raise _Bad("one of " + ", ".join(options) + (" or null" if allow_none else ""))
+        return str(v)
+    return check
+
+
+def _str_list(options=None):
+    def check(v):
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+            raise _Bad("a list of names")
+        if options is not None:
+            for s in v:
+                if s not in options:
+                    raise _Bad("names from " + ", ".join(options) + f" (got '{s}')")
+        return v
+    return check
+
+
+def _max_steps(v):
+    if isinstance(v, bool) or not isinstance(v, int) or (v <= 0 and v != -1):
+        raise _Bad("a positive integer, or -1 for no limit")
+    return v
+
+
+def _limit(v):
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 or (isinstance(v, float) and v > 1):
+        raise _Bad("a fraction in (0, 1], a positive number of batches, or null")
+    return v
+
+
+TRAIN_CHECKS: dict[str, Callable] = {
+    "max_epochs": lambda v: _pos_int(v, allow_none=True), "max_steps": _max_steps,
+    "batch_size": _pos_int, "eval_batch_size": lambda v: _pos_int(v, allow_none=True), "seed": _int,
+    "precision": _choice(PRECISIONS), "gradient_clip_val": lambda v: _number(v, 0, allow_none=True),
+    "log_every_n_steps": _pos_int, "check_val_every_n_epoch": _pos_int, "limit_train_batches": _limit,
+}
+EVAL_CHECKS: dict[str, Callable] = {
+    "metrics": _str_list(), "splits": _str_list(EVAL_SPLITS),
+    "iw_samples": lambda v: _pos_int(v, allow_none=True), "num_samples": _pos_int,
+}
+
+
+def _betas(v):
+    if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in v):
+        raise _Bad("two numbers in [0, 1)")
+    return list(v)
+
+
+OPTIM_CHECKS: dict[str, Callable] = {
+    "name": _choice(tuple(OPTIMIZERS)), "lr": lambda v: _number(v, 0, exclusive=True),
+    "weight_decay": lambda v: _number(v, 0), "betas": _betas, "scheduler": _choice(("cosine", "none"), allow_none=True),
+}
+
+
+@dataclass
+class RawEntry:
+    name: str
+    body: Any
+    source: str
+
+
+class Registry:
+    """All registry entries from every source; ``resolve(name, overrides)`` validates one."""
+
+    def __init__(self, files: Iterable[str | Path] = (), plugins=None, include_builtin: bool = True):
+        from zoo_core.plugins import get_plugins
+
+        self.plugins = plugins or get_plugins()
+        self.entries: dict[str, RawEntry] = {}
+        if include_builtin:
+            self._load_file(builtin_registry_path())
+        for name, reg in sorted(self.plugins.entries.items()):
+            if name in self.entries:
+                self.plugins.plugins[reg.plugin].errors.append(
+                    f"register_entries: entry '{name}' already exists in {self.entries[name].source}; ignored")
+                continue
+            self.entries[name] = RawEntry(name, copy.deepcopy(reg.obj), f"plugin '{reg.plugin}'")
+        env_files = [f for f in os.environ.get(REGISTRY_ENV, "").split(os.pathsep) if f]
+        for f in [*env_files, *files]:
+            self._load_file(Path(f))
+
+    def _load_file(self, path: Path) -> None:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read registry file ({exc.strerror or exc})") from None
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+        if doc is None:
+            return
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: expected a mapping of entry names to entries, got {type(doc).__name__}")
+        for name, body in doc.items():
+            self.entries[str(name)] = RawEntry(str(name), body, str(path))
+
+    def names(self) -> list[str]:
+        return sorted(self.entries)
+
+    def raw(self, name: str) -> RawEntry:
+        if name not in self.entries:
+            raise ConfigError(f"unknown registry entry '{name}'{suggest(name, self.entries)}; "
+                              f"'zoo list' shows the entries")
+        return self.entries[name]
+
+    def resolve(self, name: str, overrides: Iterable[str] = ()) -> dict:
+        raw = self.raw(name)
+        body = copy.deepcopy(raw.body)
+        where = f"{raw.source}: entry '{name}'"
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: expected a mapping with keys {', '.join(TOP_LEVEL_KEYS)}, "
+                              f"got {type(body).__name__}")
+        overrides = list(overrides)
+        for item in overrides:
+            apply_override(body, item)
+        if overrides:
+            where += " (with --set " + " ".join(overrides) + ")"
+        return resolve_entry(name, body, where, raw.source, self.plugins)
+
+
+def apply_override(body: dict, item: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to ``body`` in place."""
+    if not isinstance(item, str) or "=" not in item:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. train.max_epochs=3), got {item!r}")
+    key, _, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {item}: '{key}' is not a dotted key such as train.max_epochs")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node = body
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item}: '{'.'.join(parts[:i + 1])}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _section(body: dict, key: str, where: str) -> dict:
+    value = body.get(key, {})
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: key '{key}': expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _check_section(section: dict, checks: dict[str, Callable], defaults: dict, prefix: str, where: str) -> dict:
+    out = dict(defaults)
+    for key, value in section.items():
+        if key not in checks:
+            raise ConfigError(f"{where}: unknown key '{prefix}.{key}'{suggest(key, checks)}; "
+                              f"expected one of {', '.join(checks)}")
+        try:
+            out[key] = checks[key](value)
+        except _Bad as bad:
+            raise ConfigError(f"{where}: key '{prefix}.{key}': expected {bad}, got {value!r}") from None
+    return out
+
+
+def _init_params(cls, skip: tuple[str, ...]) -> dict[str, inspect.Parameter]:
+    params = inspect.signature(cls.__init__).parameters
+    return {n: p for n, p in params.items() if n not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _plain(value):
+    """YAML-friendly defaults: tuples become lists."""
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _check_params(given: dict, params: dict[str, inspect.Parameter], prefix: str, owner: str, where: str) -> dict:
+    out = {}
+    for key in given:
+        if key not in params:
+            raise ConfigError(f"{where}: unknown key '{prefix}.{key}' for {owner}{suggest(key, params)}; "
+                              f"expected one of {', '.join(params) or 'none'}")
+    for key, p in params.items():
+        if key in given:
+            out[key] = given[key]
+        elif p.default is inspect.Parameter.empty:
+            raise ConfigError(f"{where}: missing key '{prefix}.{key}' required by {owner}")
+        else:
+            out[key] = _plain(p.default)
+    return out
+
+
+def resolve_entry(name: str, body: dict, where: str, source: str, plugins) -> dict:
+    """Validate an entry body and return the fully resolved configuration."""
+    for key in body:
+        if key not in TOP_LEVEL_KEYS:
+            raise ConfigError(f"{where}: unknown key '{key}'{suggest(key, TOP_LEVEL_KEYS)}; "
+                              f"expected one of {', '.join(TOP_LEVEL_KEYS)}")
+    family_name = body.get("family")
+    if not isinstance(family_name, str) or not family_name:
+        raise ConfigError(f"{where}: key 'family': expected a family name ({', '.join(sorted(plugins.families))}), "
+                          f"got {family_name!r}")
+    if family_name not in plugins.families:
+        raise ConfigError(f"{where}: key 'family': unknown family '{family_name}'"
+                          f"{suggest(family_name, plugins.families)}; known: {', '.join(sorted(plugins.families))}")
+    family_cls = plugins.families[family_name].obj
+
+    data = _section(body, "data", where)
+    ds_name = data.get("name")
+    if not isinstance(ds_name, str) or ds_name not in plugins.datasets:
+        raise ConfigError(f"{where}: key 'data.name': expected one of {', '.join(sorted(plugins.datasets))}, "
+                          f"got {ds_name!r}{suggest(str(ds_name), plugins.datasets)}")
+    ds_cls = plugins.datasets[ds_name].obj
+    representation = data.get("representation", ds_cls.representations[0])
+    if representation not in ds_cls.representations:
+        raise ConfigError(f"{where}: key 'data.representation': dataset '{ds_name}' supports "
+                          f"{', '.join(ds_cls.representations)}, got {representation!r}")
+    ds_params = _check_params({k: v for k, v in data.items() if k not in ("name", "representation")},
+                              _init_params(ds_cls, ("self", "representation", "batch_size", "eval_batch_size",
+                                                    "seed", "data_dir", "kwargs", "base_kwargs")),
+                              "data", f"dataset '{ds_name}'", where)
+
+    model = _check_params(_section(body, "model", where), _init_params(family_cls, ("self", "data", "optim")),
+                          "model", f"family '{family_name}'", where)
+    optim = _check_section(_section(body, "optim", where), OPTIM_CHECKS, DEFAULT_OPTIM, "optim", where)
+    train = _check_section(_section(body, "train", where), TRAIN_CHECKS, TRAIN_DEFAULTS, "train", where)
+    evaluation = _check_section(_section(body, "eval", where), EVAL_CHECKS, EVAL_DEFAULTS, "eval", where)
+    for metric in evaluation["metrics"]:
+        if metric not in plugins.metrics:
+            raise ConfigError(f"{where}: key 'eval.metrics': unknown metric '{metric}'"
+                              f"{suggest(metric, plugins.metrics)}; known: {', '.join(sorted(plugins.metrics))}")
+    description = body.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"{where}: key 'description': expected text, got {type(description).__name__}")
+    assert representation in REPRESENTATIONS
+    return {
+        "entry": name, "source": source, "description": description, "family": family_name,
+        "data": {"name": ds_name, "representation": representation, **ds_params},
+        "model": model, "optim": optim, "train": train, "eval": evaluation,
+    }
+
+
