@@ -69,14 +69,18 @@ def load_model(path: str | Path, plugins=None):
     checkpoint = read_checkpoint(ckpt_path)
     config = checkpoint_config(checkpoint, ckpt_path, run_dir)
     family = (checkpoint.get("zoo") or {}).get("family") or config.get("family")
-    cls = plugins.family(family)
+    model = rebuild_model(plugins.family(family), checkpoint, ckpt_path)
+    model.zoo_config = config
+    return model, config, ckpt_path
+
+
+def rebuild_model(cls, checkpoint: dict, path: Path | str = "checkpoint"):
+    """A model of family ``cls`` from a checkpoint dict: its hyperparameters, then its weights."""
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     try:
         model = cls(**hparams)
         model.load_state_dict(checkpoint["state_dict"])
     except (TypeError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{ckpt_path}: does not fit family '{family}' ({first})") from None
-    model.zoo_config = config
-    model.eval()
-    return model, config, ckpt_path
+        raise CheckpointError(f"{path}: does not fit family '{cls.family}' ({first})") from None
+    return model.eval()

@@ -80,6 +80,11 @@ def _int(v):
 def _number(v, minimum=None, allow_none=False, exclusive=False):
     if v is None and allow_none:
         return None
+    if isinstance(v, str):  # YAML 1.1 reads 1e-3 (no dot) as text
+        try:
+            v = float(v)
+        except ValueError:
+            raise _Bad("a number" + (" or null" if allow_none else "")) from None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise _Bad("a number" + (" or null" if allow_none else ""))
     if minimum is not None and (v < minimum or (exclusive and v == minimum)):

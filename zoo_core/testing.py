@@ -1,0 +1,303 @@
+"""The conformance kit: checks every family must pass, reusable by any plugin's test suite.
+
+Use it either way:
+
+- subclass :class:`FamilyConformance` in a test module and implement ``make_case()``; pytest
+  then runs every ``test_*`` check on your family;
+- call the ``check_*`` functions on a :class:`ConformanceCase` yourself (the zoo's own suite
+  runs them over every registry entry whose data needs no files, like timm tests every model).
+
+Checks: shapes and dtypes; finite values; wrong shapes raise ValueError naming the expected
+shape; the loss is a differentiable scalar and drops on a fixed batch within a few optimiser
+steps; ``sample`` shapes; seeded reproducibility; a Lightning checkpoint save/load round trip
+gives identical ``log_prob``; for exact likelihoods on 2-D data, ``exp(log_prob)`` integrates
+to 1 within 2% over a grid; for bounds, the estimate stays below an exact reference value
+(where the family provides ``reference_log_prob``) and tightens as K grows; a family without a
+likelihood raises ``NoLikelihoodError``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from zoo_core.checkpoint import read_checkpoint, rebuild_model
+from zoo_core.errors import NoLikelihoodError
+from zoo_core.model import LIKELIHOOD_KINDS, GenerativeModel
+
+LOSS_DROP_STEPS = 25
+INTEGRAL_TOLERANCE = 0.02
+
+
+@dataclass
+class ConformanceCase:
+    """A family, a way to build it (seeded), and a fixed batch of its data."""
+
+    name: str
+    family_cls: type
+    build: Callable[[], GenerativeModel]  # a fresh model; the kit seeds torch before calling it
+    data: Tensor  # (B, *event_shape) in the model's representation
+    lr: float = 1e-3
+    extras: dict = field(default_factory=dict)
+
+    def model(self, seed: int = 0, initialise: bool = True) -> GenerativeModel:
+        torch.manual_seed(seed)
+        model = self.build()
+        if initialise:
+            model.init_from_data(self.data)
+            model._zoo_data_initialised.fill_(True)
+        return model
+
+
+def case_from_config(config: dict, plugins=None, batch: int = 256) -> ConformanceCase:
+    """A case from a resolved registry configuration (see ``zoo_core.registry``)."""
+    from zoo_core.plugins import get_plugins
+    from zoo_core.runner import build_datamodule, build_model
+
+    plugins = plugins or get_plugins()
+    datamodule = build_datamodule(config, plugins=plugins)
+    data = datamodule.eval_data("train")[:batch].clone()
+    return ConformanceCase(
+        name=config["entry"], family_cls=plugins.family(config["family"]),
+        build=lambda: build_model(config, datamodule, plugins), data=data, lr=float(config["optim"]["lr"]))
+
+
+def _seeded(fn, seed=0):
+    torch.manual_seed(seed)
+    return fn()
+
+
+# ---- the checks --------------------------------------------------------------------------------
+def check_declaration(case: ConformanceCase) -> None:
+    model = case.model()
+    assert isinstance(model, GenerativeModel)
+    assert isinstance(case.family_cls.family, str) and case.family_cls.family
+    assert case.family_cls.likelihood in LIKELIHOOD_KINDS
+    assert tuple(model.event_shape) == tuple(case.data.shape[1:]), (
+        f"event_shape {tuple(model.event_shape)} does not match the data {tuple(case.data.shape[1:])}")
+
+
+def check_log_prob(case: ConformanceCase) -> None:
+    """(B, *event) -> (B,) finite floats; extra batch dims are kept; a likelihood-less family raises."""
+    model = case.model().eval()
+    x = case.data
+    if model.likelihood == "none":
+        try:
+            model.log_prob(x)
+        except NoLikelihoodError as exc:
+            assert model.family in str(exc), "the NoLikelihoodError message must name the family"
+            return
+        raise AssertionError("a family with likelihood 'none' must raise NoLikelihoodError from log_prob")
+    with torch.no_grad():
+        lp = _seeded(lambda: model.log_prob(x))
+        assert lp.shape == (len(x),), f"log_prob returned shape {tuple(lp.shape)}, expected ({len(x)},)"
+        assert lp.dtype.is_floating_point
+        assert torch.isfinite(lp).all(), "log_prob returned NaN or infinite values on training data"
+        half = len(x) // 2 * 2
+        lp2 = _seeded(lambda: model.log_prob(x[:half].reshape(2, half // 2, *x.shape[1:])))
+        assert lp2.shape == (2, half // 2), f"log_prob kept batch shape {tuple(lp2.shape)}, expected (2, {half // 2})"
+        if model.likelihood == "exact":
+            torch.testing.assert_close(lp2.reshape(-1), lp[:half], rtol=1e-4, atol=1e-4)
+
+
+def check_wrong_shape(case: ConformanceCase) -> None:
+    """log_prob (or loss, for likelihood-less families) on the wrong shape raises ValueError naming the shape."""
+    model = case.model().eval()
+    x = case.data
+    bad = torch.cat([x, x[..., :1]], dim=-1)  # one extra element along the last axis
+    call = model.loss if model.likelihood == "none" else model.log_prob
+    try:
+        call(bad)
+    except ValueError as exc:
+        expected = ", ".join(str(d) for d in model.event_shape)
+        assert expected in str(exc), f"the error should name the expected shape ({expected}); got: {exc}"
+        return
+    raise AssertionError(f"{model.family}: data of shape {tuple(bad.shape)} was accepted; expected a ValueError")
+
+
+def check_loss_differentiable(case: ConformanceCase) -> None:
+    model = case.model().train()
+    loss = _seeded(lambda: model.loss(case.data))
+    assert loss.dim() == 0, f"loss must be a scalar, got shape {tuple(loss.shape)}"
+    assert torch.isfinite(loss), "loss is not finite"
+    assert loss.requires_grad, "loss must be differentiable with respect to the parameters"
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads, "no parameter received a gradient"
+    assert all(torch.isfinite(g).all() for g in grads), "non-finite gradients"
+
+
+def check_loss_drops(case: ConformanceCase, steps: int = LOSS_DROP_STEPS) -> None:
+    """A few Adam steps on one fixed batch lower the loss (stochastic losses compared under one seed)."""
+    model = case.model().train()
+    opt = torch.optim.Adam(model.parameters(), lr=case.lr)
+    before = float(_seeded(lambda: model.loss(case.data), seed=123))
+    for step in range(steps):
+        opt.zero_grad()
+        _seeded(lambda: model.loss(case.data), seed=step).backward()
+        opt.step()
+    after = float(_seeded(lambda: model.loss(case.data), seed=123))
+    assert after < before, f"loss did not drop in {steps} Adam steps on a fixed batch: {before:.4f} -> {after:.4f}"
+
+
+def check_sample_shapes(case: ConformanceCase) -> None:
+    model = case.model().eval()
+    event = tuple(model.event_shape)
+    with torch.no_grad():
+        assert tuple(model.sample((3,)).shape) == (3, *event)
+        assert tuple(model.sample((2, 3)).shape) == (2, 3, *event)
+        assert tuple(model.sample(4).shape) == (4, *event)
+        assert tuple(model.sample().shape) == event
+        assert torch.isfinite(model.sample((16,))).all(), "samples must be finite"
+
+
+def check_reproducible(case: ConformanceCase) -> None:
+    """The same seed gives the same parameters, samples and loss."""
+    a, b = case.model(seed=7).eval(), case.model(seed=7).eval()
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), f"parameter {name} differs between two models built with the same seed"
+    with torch.no_grad():
+        assert torch.equal(_seeded(lambda: a.sample((8,)), 3), _seeded(lambda: b.sample((8,)), 3))
+        assert torch.equal(_seeded(lambda: a.loss(case.data), 4), _seeded(lambda: b.loss(case.data), 4))
+
+
+def check_checkpoint_round_trip(case: ConformanceCase) -> None:
+    """Two Lightning training steps, ``save_checkpoint``, a weights_only load: identical log_prob/loss."""
+    model = case.model()
+    loader = torch.utils.data.DataLoader(case.data, batch_size=min(64, len(case.data)))
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(model, train_dataloaders=loader)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.ckpt"
+        trainer.save_checkpoint(path)
+        loaded = rebuild_model(case.family_cls, read_checkpoint(path), path)
+    model.eval()
+    for (name, pa), pb in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(pa, pb), f"parameter {name} changed in the checkpoint round trip"
+    call = (lambda m: m.loss(case.data)) if model.likelihood == "none" else (lambda m: m.log_prob(case.data))
+    with torch.no_grad():
+        assert torch.equal(_seeded(lambda: call(model)), _seeded(lambda: call(loaded)))
+
+
+def check_density_integrates(case: ConformanceCase, points: int = 400) -> None:
+    """Exact families on 2-D data: the integral of exp(log_prob) over a grid is 1 within 2%."""
+    model = case.model()
+    if model.likelihood != "exact" or tuple(model.event_shape) != (2,):
+        return
+    _train_briefly(model, case)
+    model.eval()
+    with torch.no_grad():
+        s = _seeded(lambda: model.sample((20000,)))
+        lo, hi = torch.quantile(s, 0.0005, dim=0), torch.quantile(s, 0.9995, dim=0)
+        lo, hi = lo - 0.75 * (hi - lo), hi + 0.75 * (hi - lo)
+        xs = torch.linspace(float(lo[0]), float(hi[0]), points)
+        ys = torch.linspace(float(lo[1]), float(hi[1]), points)
+        gx, gy = torch.meshgrid(xs, ys, indexing="ij")
+        grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)
+        dens = torch.cat([model.log_prob(chunk).exp() for chunk in grid.split(20000)])
+        cell = float((xs[1] - xs[0]) * (ys[1] - ys[0]))
+        mass = float(dens.double().sum()) * cell
+    assert abs(mass - 1) < INTEGRAL_TOLERANCE, f"exp(log_prob) integrates to {mass:.4f} over the grid, expected 1"
+
+
+def check_bound(case: ConformanceCase, ks: tuple[int, ...] = (1, 10, 100)) -> None:
+    """Bound families with a reference: E[L_K] <= log p(x), and the bound tightens as K grows."""
+    model = case.model()
+    if model.likelihood != "bound":
+        return
+    model.eval()
+    x = case.data
+    with torch.no_grad():
+        reference = model.reference_log_prob(x)
+        if reference is None:
+            return
+        means, errs = [], []
+        for k in ks:
+            model.configure_evaluation({"iw_samples": k})
+            lp = _seeded(lambda: model.log_prob(x), seed=k).double()
+            means.append(float(lp.mean()))
+            errs.append(float(lp.std() / math.sqrt(len(lp))))
+    ref = float(reference.double().mean())
+    for k, m, e in zip(ks, means, errs):
+        assert m <= ref + 3 * e + 1e-4, f"K={k}: mean bound {m:.4f} exceeds the exact value {ref:.4f}"
+    # the estimates share the data, so their gaps shrink: compare with the noise of the estimates
+    for (k1, m1, e1), (k2, m2, e2) in zip(zip(ks, means, errs), list(zip(ks, means, errs))[1:]):
+        assert m2 >= m1 - 3 * math.hypot(e1, e2), f"bound did not tighten from K={k1} ({m1:.4f}) to K={k2} ({m2:.4f})"
+    assert ref - means[-1] < ref - means[0] or math.isclose(means[-1], means[0], abs_tol=1e-3), \
+        "the largest K must be closer to the exact value than K=1"
+
+
+def _train_briefly(model: GenerativeModel, case: ConformanceCase, steps: int = 30) -> None:
+    opt = torch.optim.Adam(model.parameters(), lr=case.lr)
+    model.train()
+    for step in range(steps):
+        opt.zero_grad()
+        _seeded(lambda: model.loss(case.data), seed=step).backward()
+        opt.step()
+
+
+CHECKS: dict[str, Callable[[ConformanceCase], None]] = {
+    "declaration": check_declaration,
+    "log_prob": check_log_prob,
+    "wrong_shape": check_wrong_shape,
+    "loss_differentiable": check_loss_differentiable,
+    "loss_drops": check_loss_drops,
+    "sample_shapes": check_sample_shapes,
+    "reproducible": check_reproducible,
+    "checkpoint_round_trip": check_checkpoint_round_trip,
+    "density_integrates": check_density_integrates,
+    "bound": check_bound,
+}
+
+
+def run_all(case: ConformanceCase) -> None:
+    for check in CHECKS.values():
+        check(case)
+
+
+class FamilyConformance:
+    """Base test class: subclass it, implement ``make_case``, and pytest runs every check."""
+
+    def make_case(self) -> ConformanceCase:  # pragma: no cover - implemented by subclasses
+        raise NotImplementedError
+
+    def _case(self) -> ConformanceCase:
+        return copy.copy(self.make_case())
+
+    def test_declaration(self):
+        check_declaration(self._case())
+
+    def test_log_prob(self):
+        check_log_prob(self._case())
+
+    def test_wrong_shape(self):
+        check_wrong_shape(self._case())
+
+    def test_loss_differentiable(self):
+        check_loss_differentiable(self._case())
+
+    def test_loss_drops(self):
+        check_loss_drops(self._case())
+
+    def test_sample_shapes(self):
+        check_sample_shapes(self._case())
+
+    def test_reproducible(self):
+        check_reproducible(self._case())
+
+    def test_checkpoint_round_trip(self):
+        check_checkpoint_round_trip(self._case())
+
+    def test_density_integrates(self):
+        check_density_integrates(self._case())
+
+    def test_bound(self):
+        check_bound(self._case())
