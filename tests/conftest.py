@@ -1,0 +1,31 @@
+"""Shared fixtures: offline wandb, the shared MNIST files, a CLI runner in a subprocess."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def zoo_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.update({"WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "ZOO_DATA_DIR": str(SHARED_MNIST.parent)})
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_zoo(*args, env=None, cwd=None, timeout=600):
+    """Run the zoo CLI as a user would (``python -m zoo_core``); returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "zoo_core", *map(str, args)], capture_output=True, text=True,
+                          env=env or zoo_env(), cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture
+def zoo():
+    return run_zoo
