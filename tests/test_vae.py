@@ -25,6 +25,16 @@ DEQUANTIZED = DataSpec("tiny-images", (1, 8, 8), "dequantized", num_levels=256).
 SPECS = {"binarized": BINARY, "continuous": CONTINUOUS, "dequantized": DEQUANTIZED}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one intra-op thread is as fast, and far faster when other processes
+    compete for the cores (busy-waiting thread pools slow down by orders of magnitude)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_data(spec: dict, n: int, generator: torch.Generator) -> torch.Tensor:
     shape = (n, *spec["event_shape"])
     if spec["representation"] == "binarized":
@@ -104,8 +114,8 @@ def test_iw_bound_tightens_and_stays_below_exact(representation):
     x = make_data(spec, 200, torch.Generator().manual_seed(1))
     exact = model.reference_log_prob(x)
     assert exact.shape == (200,) and torch.isfinite(exact).all()
-    # The quadrature has converged: a grid twice as fine changes nothing that matters.
-    assert (exact - model.reference_log_prob(x, points_per_dim=601)).abs().max() < 1e-3
+    # The quadrature has converged: a coarser grid changes nothing that matters.
+    assert (exact - model.reference_log_prob(x, points_per_dim=201)).abs().max() < 1e-3
 
     bounds = {}
     with torch.no_grad():

@@ -26,7 +26,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from zoo_core.checkpoint import LAST, load_model, read_checkpoint, resolve_checkpoint
-from zoo_core.errors import CheckpointError, ConfigError, DataError, ZooError
+from zoo_core.errors import CheckpointError, ConfigError, DataError, TrainingDiverged, ZooError
 from zoo_core.plugins import get_plugins
 from zoo_core.registry import Registry, apply_override, resolve_entry
 
@@ -308,7 +308,13 @@ def train(entry: str, opts: RunOptions | None = None) -> dict:
         if trainer.is_global_zero:
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         start = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
+        except TrainingDiverged as exc:
+            last = run_dir / "checkpoints" / LAST
+            keep = (f"the last good checkpoint is {last} (zoo train {entry} --resume {run_dir})" if last.is_file()
+                    else "no checkpoint had been written yet")
+            raise TrainingDiverged(f"{exc}; {keep}") from None
         wall = time.perf_counter() - start
         ddp = _gather_digests(model, trainer)
         callback = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
