@@ -1,8 +1,5 @@
 """The zoo CLI end to end, as a user runs it: outputs, and one-line errors for every bad input."""
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -198,3 +195,23 @@ class Exploit:
 def test_verbose_shows_traceback():
     result = run_zoo("--verbose", "train", "gmm-mons")
     assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+def test_wandb_logs_offline_without_prompting(cli, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc credentials
+    monkeypatch.setattr("sys.stdin", None)  # a prompt would fail
+    result = cli("train", "gmm-moons", "--wandb", "--max-steps", "3", "--runs-dir", tmp_path / "runs",
+                 "--no-progress", "--accelerator", "cpu")
+    assert result.returncode == 0, result.stderr[-2000:]
+    offline = list((tmp_path / "runs" / "gmm-moons" / "version_0" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+
+
+def test_bf16_mixed_precision_trains(cli, tmp_path):
+    result = cli("train", "vae-digits", "--precision", "bf16-mixed", "--max-steps", "5", "--set",
+                 "eval.iw_samples=2", "--runs-dir", tmp_path, "--no-progress", "--accelerator", "cpu")
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = (tmp_path / "vae-digits" / "version_0" / "config.yaml").read_text()
+    assert "precision: bf16-mixed" in config

@@ -19,7 +19,6 @@ asserts where every module and registry.yaml came from, so any shadowing fails i
 """
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -28,32 +27,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-TIMEOUT = 300
+from isolated import REPO, explain, run
 SKIP_PARTS = {".git", "runs", "build", "dist", "wandb", "lightning_logs", "__pycache__", ".pytest_cache",
               ".hypothesis"}
-
-
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYTEST_", "ZOO_")) and k not in ("PYTHONHOME", "PYTHONSTARTUP")}
-    paths = [p for p in env.pop("PYTHONPATH", "").split(os.pathsep)
-             if p and not Path(p).resolve().is_relative_to(REPO)]
-    if paths:
-        env["PYTHONPATH"] = os.pathsep.join(paths)
-    env.update(WANDB_MODE="offline", WANDB_SILENT="true", PYTHONDONTWRITEBYTECODE="1",
-               PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1", PYTHONUNBUFFERED="1")
-    return env
-
-
-def _run(cmd, cwd, timeout=TIMEOUT) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in cmd], cwd=cwd, env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def _explain(proc: subprocess.CompletedProcess) -> str:
-    return (f"command {' '.join(proc.args)} exited with {proc.returncode}\n"
-            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}")
 
 
 def _source_files() -> list[Path]:
@@ -77,12 +53,12 @@ def installed(tmp_path_factory):
         shutil.copy2(REPO / rel, src / rel)
     assert (src / "registry.yaml").is_file() and (src / "setup.py").is_file()
     env_dir = root / "venv"
-    proc = _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", env_dir], cwd=root)
-    assert proc.returncode == 0, _explain(proc)
+    proc = run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", env_dir], cwd=root)
+    assert proc.returncode == 0, explain(proc)
     python = env_dir / "bin" / "python"
-    proc = _run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+    proc = run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
                  "--no-cache-dir", "-q", src], cwd=root)
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain(proc)
     work = root / "work"
     work.mkdir()
     return {"python": python, "venv": env_dir, "src": src, "work": work}
@@ -109,8 +85,8 @@ print(json.dumps({
 
 
 def test_installed_copy_is_what_gets_imported(installed):
-    proc = _run([installed["python"], "-c", PROBE], cwd=installed["work"])
-    assert proc.returncode == 0, _explain(proc)
+    proc = run([installed["python"], "-c", PROBE], cwd=installed["work"])
+    assert proc.returncode == 0, explain(proc)
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     venv = installed["venv"].resolve()
     for name, file in {**info["modules"], "registry.yaml": info["registry"], "dist": info["dist"]}.items():
@@ -126,8 +102,8 @@ def test_installed_copy_is_what_gets_imported(installed):
 def test_installed_zoo_lists_families_and_packaged_registry(installed):
     zoo = installed["venv"] / "bin" / "zoo"  # the console script, from the installed copy
     assert zoo.is_file()
-    proc = _run([zoo, "list"], cwd=installed["work"])
-    assert proc.returncode == 0, _explain(proc)
+    proc = run([zoo, "list"], cwd=installed["work"])
+    assert proc.returncode == 0, explain(proc)
     lines = proc.stdout.splitlines()
     families = {ln.split()[0] for ln in lines if "likelihood=" in ln}
     entries = {ln.split()[0] for ln in lines if "family=" in ln}
@@ -139,9 +115,9 @@ def test_installed_zoo_lists_families_and_packaged_registry(installed):
 
 def test_installed_zoo_trains(installed):
     runs = installed["work"] / "runs"
-    proc = _run([installed["python"], "-m", "zoo_core", "train", "gmm-moons", "--max-steps", "5",
+    proc = run([installed["python"], "-m", "zoo_core", "train", "gmm-moons", "--max-steps", "5",
                  "--runs-dir", runs, "--no-progress", "--accelerator", "cpu"], cwd=installed["work"])
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain(proc)
     (run_dir,) = [p for p in (runs / "gmm-moons").iterdir() if p.is_dir()]
     assert (run_dir / "samples.png").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -12,44 +12,16 @@ import importlib.metadata as md
 import importlib.util
 import json
 import math
-import os
 import re
 import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from isolated import REPO, explain, run
 PLUGIN_SRC = REPO / "examples" / "zoo-plugin-example"
 FAMILY, MODULE, DIST = "independent", "zoo_independent", "zoo-plugin-example"
 ENTRIES = ("independent-moons", "independent-digits")
-TIMEOUT = 300
-
-
-def _env() -> dict:
-    """The current environment, minus settings that would change what the subprocesses load."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYTEST_", "ZOO_")) and k not in ("PYTHONHOME", "PYTHONSTARTUP")}
-    # a PYTHONPATH entry inside the repository would put its source tree ahead of the installs
-    paths = [p for p in env.pop("PYTHONPATH", "").split(os.pathsep)
-             if p and not Path(p).resolve().is_relative_to(REPO)]
-    if paths:
-        env["PYTHONPATH"] = os.pathsep.join(paths)
-    env.update(WANDB_MODE="offline", WANDB_SILENT="true", PYTHONDONTWRITEBYTECODE="1",
-               PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1", PYTHONUNBUFFERED="1")
-    return env
-
-
-def _run(cmd, cwd, timeout=TIMEOUT) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in cmd], cwd=cwd, env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def _explain(proc: subprocess.CompletedProcess) -> str:
-    return (f"command {' '.join(proc.args)} exited with {proc.returncode}\n"
-            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}")
 
 
 def _system_sees_plugin() -> bool:
@@ -70,20 +42,20 @@ def venv(tmp_path_factory):
     env_dir = root / "venv"
     # --without-pip: the venv then uses the system's pip and setuptools (a venv's own bundled
     # setuptools may be too old to build a wheel without the 'wheel' package, and no network)
-    proc = _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", env_dir], cwd=root)
-    assert proc.returncode == 0, _explain(proc)
+    proc = run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", env_dir], cwd=root)
+    assert proc.returncode == 0, explain(proc)
     python = env_dir / "bin" / "python"
-    proc = _run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+    proc = run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
                  "--no-cache-dir", "-q", src], cwd=root)
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain(proc)
     work = root / "work"  # run everything from outside the repository
     work.mkdir()
     return {"python": python, "work": work, "seen_before": seen_before}
 
 
 def test_zoo_list_shows_the_plugin_family_and_entries(venv):
-    proc = _run([venv["python"], "-m", "zoo_core", "list"], cwd=venv["work"])
-    assert proc.returncode == 0, _explain(proc)
+    proc = run([venv["python"], "-m", "zoo_core", "list"], cwd=venv["work"])
+    assert proc.returncode == 0, explain(proc)
     out = proc.stdout
     assert re.search(rf"^\s+{FAMILY}\s+likelihood=exact\s+plugin={FAMILY}\b", out, re.M), out
     for entry in ENTRIES:
@@ -95,9 +67,9 @@ def test_zoo_list_shows_the_plugin_family_and_entries(venv):
 
 def test_runner_trains_a_plugin_entry(venv):
     runs = venv["work"] / "runs"
-    proc = _run([venv["python"], "-m", "zoo_core", "train", "independent-moons", "--max-steps", "5",
+    proc = run([venv["python"], "-m", "zoo_core", "train", "independent-moons", "--max-steps", "5",
                  "--runs-dir", runs, "--no-progress", "--accelerator", "cpu"], cwd=venv["work"])
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain(proc)
     (run_dir,) = [p for p in (runs / "independent-moons").iterdir() if p.is_dir()]
     assert (run_dir / "samples.png").is_file()
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -107,9 +79,9 @@ def test_runner_trains_a_plugin_entry(venv):
 
 
 def test_plugin_own_conformance_suite_passes(venv):
-    proc = _run([venv["python"], "-m", "pytest", PLUGIN_SRC / "tests", "-q", "-p", "no:cacheprovider"],
+    proc = run([venv["python"], "-m", "pytest", PLUGIN_SRC / "tests", "-q", "-p", "no:cacheprovider"],
                 cwd=venv["work"])
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain(proc)
     summary = proc.stdout.strip().splitlines()[-1]
     assert re.search(r"\d+ passed", summary) and "failed" not in summary and "error" not in summary, summary
 

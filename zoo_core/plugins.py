@@ -12,7 +12,7 @@ import importlib.metadata as md
 import inspect
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 

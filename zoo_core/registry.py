@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from zoo_core.data.spec import REPRESENTATIONS
-from zoo_core.errors import ConfigError, PluginError
+from zoo_core.errors import ConfigError
 from zoo_core.model import DEFAULT_OPTIM, OPTIMIZERS
 
 REGISTRY_ENV = "ZOO_REGISTRY"

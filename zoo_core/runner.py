@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 import warnings
@@ -146,6 +145,8 @@ def _wandb_logger(config: dict, run_dir: Path):
     from pytorch_lightning.loggers import WandbLogger
 
     configured = bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _read(Path.home() / ".netrc")
+    if not os.environ.get("WANDB_MODE"):
+        os.environ.pop("WANDB_MODE", None)  # an empty value is not a mode
     mode = os.environ.get("WANDB_MODE") or ("online" if configured else "offline")
     if mode == "online" and not configured:
         mode = "offline"  # online without credentials would prompt for a key

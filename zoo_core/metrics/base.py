@@ -4,7 +4,6 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from torch import Tensor
 
