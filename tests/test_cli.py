@@ -215,3 +215,11 @@ def test_bf16_mixed_precision_trains(cli, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     config = (tmp_path / "vae-digits" / "version_0" / "config.yaml").read_text()
     assert "precision: bf16-mixed" in config
+
+
+def test_exponent_without_dot_is_a_number():
+    """PyYAML would read 1e-6 as text; the registry reads it as YAML 1.2 does."""
+    from zoo_core.registry import Registry
+
+    config = Registry().resolve("gmm-moons", ["model.reg_covar=1e-6", "optim.lr=3e-3"])
+    assert config["model"]["reg_covar"] == 1e-6 and config["optim"]["lr"] == 3e-3

@@ -22,6 +22,7 @@ import copy
 import difflib
 import inspect
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -42,6 +43,20 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 EVAL_DEFAULTS: dict[str, Any] = {"metrics": ["nll"], "splits": ["test"], "iw_samples": None, "num_samples": 64}
 EVAL_SPLITS = ("train", "val", "test")
 PRECISIONS = ("32-true", "32", "64-true", "64", "16-mixed", "bf16-mixed", "bf16-true", "16-true")
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading 1e-3 (no dot) as a number, as YAML 1.2 and users expect."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=YamlLoader)
 
 
 def suggest(name: str, candidates: Iterable[str]) -> str:
@@ -188,7 +203,7 @@ class Registry:
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read registry file ({exc.strerror or exc})") from None
         try:
-            doc = yaml.safe_load(text)
+            doc = load_yaml(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -234,7 +249,7 @@ def apply_override(body: dict, item: str) -> None:
     if not all(parts):
         raise ConfigError(f"--set {item}: '{key}' is not a dotted key such as train.max_epochs")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = load_yaml(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
     node = body

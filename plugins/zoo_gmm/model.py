@@ -77,16 +77,21 @@ class GMM(GenerativeModel):
     # ---- the interface --------------------------------------------------------------------------
     def component_log_prob(self, x: Tensor) -> Tensor:
         """(N, D) -> (N, K): log N(x; mu_k, Sigma_k) via a triangular solve."""
-        scale = self.scale_tril()                                            # (K, D, D)
-        diff = x.unsqueeze(1) - self.means                                   # (N, K, D)
-        if self.covariance == "diag":
-            z = diff / torch.diagonal(scale, dim1=-2, dim2=-1)               # (N, K, D)
-        else:
-            z = torch.linalg.solve_triangular(scale, diff.permute(1, 2, 0), upper=False)  # (K, D, N)
-            z = z.permute(2, 0, 1)                                           # (N, K, D)
-        log_det = torch.log(torch.diagonal(scale, dim1=-2, dim2=-1)).sum(-1)  # (K,)
         d = x.shape[-1]
-        return -0.5 * (z ** 2).sum(-1) - log_det - 0.5 * d * math.log(2 * math.pi)
+        if self.covariance == "diag":
+            # sum_d (x_d - mu_kd)^2 / s_kd^2 expanded into matrix products: no (N, K, D) tensor
+            std = torch.exp(self.log_diag) + math.sqrt(self.reg_covar)      # (K, D)
+            precision = std ** -2                                            # (K, D)
+            maha = (x ** 2) @ precision.T - 2 * x @ (self.means * precision).T \
+                + (self.means ** 2 * precision).sum(-1)                      # (N, K)
+            log_det = torch.log(std).sum(-1)                                 # (K,)
+        else:
+            scale = self.scale_tril()                                        # (K, D, D)
+            diff = (x.unsqueeze(1) - self.means).permute(1, 2, 0)            # (K, D, N)
+            z = torch.linalg.solve_triangular(scale, diff, upper=False)      # (K, D, N)
+            maha = (z ** 2).sum(1).T                                         # (N, K)
+            log_det = torch.log(torch.diagonal(scale, dim1=-2, dim2=-1)).sum(-1)  # (K,)
+        return -0.5 * maha - log_det - 0.5 * d * math.log(2 * math.pi)
 
     def log_prob(self, x: Tensor) -> Tensor:
         batch = self.validate_sample(x)
