@@ -29,3 +29,22 @@ def run(cmd, cwd, timeout=TIMEOUT) -> subprocess.CompletedProcess:
 def explain(proc: subprocess.CompletedProcess) -> str:
     return (f"command {' '.join(proc.args)} exited with {proc.returncode}\n"
             f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}")
+
+
+def venv_with(package_src: Path, root: Path) -> Path:
+    """A throwaway venv that sees the system site-packages (torch, Lightning, the zoo) with
+    ``package_src`` pip-installed into it (no network, no build isolation). Returns its python.
+
+    ``--without-pip``: the venv then uses the system's pip and setuptools (a venv's own bundled
+    setuptools may be too old to build a wheel without the 'wheel' package, and there is no network).
+    """
+    import sys
+
+    env_dir = root / "venv"
+    proc = run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", env_dir], cwd=root)
+    assert proc.returncode == 0, explain(proc)
+    python = env_dir / "bin" / "python"
+    proc = run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+                "--no-cache-dir", "-q", package_src], cwd=root)
+    assert proc.returncode == 0, explain(proc)
+    return python

@@ -125,3 +125,10 @@ def test_installed_zoo_trains(installed):
     assert math.isfinite(metrics["test"]["nll_nats"]), metrics
     source = Path(yaml.safe_load((run_dir / "config.yaml").read_text())["source"]).resolve()
     assert source.name == "registry.yaml" and source.is_relative_to(installed["venv"].resolve()), source
+
+
+def test_installed_zoo_ships_the_family_templates(installed):
+    proc = run([installed["python"], "-m", "zoo_core", "new", "family", "pkgcheck", "--dir", installed["work"]],
+               cwd=installed["work"])
+    assert proc.returncode == 0, explain(proc)
+    assert (installed["work"] / "zoo-pkgcheck" / "zoo_pkgcheck" / "model.py").is_file()

@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from isolated import REPO, explain, run
+from isolated import REPO, explain, run, venv_with
 PLUGIN_SRC = REPO / "examples" / "zoo-plugin-example"
 FAMILY, MODULE, DIST = "independent", "zoo_independent", "zoo-plugin-example"
 ENTRIES = ("independent-moons", "independent-digits")
@@ -39,15 +39,7 @@ def venv(tmp_path_factory):
     src = root / "src"
     shutil.copytree(PLUGIN_SRC, src, ignore=shutil.ignore_patterns(
         "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"))
-    env_dir = root / "venv"
-    # --without-pip: the venv then uses the system's pip and setuptools (a venv's own bundled
-    # setuptools may be too old to build a wheel without the 'wheel' package, and no network)
-    proc = run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", env_dir], cwd=root)
-    assert proc.returncode == 0, explain(proc)
-    python = env_dir / "bin" / "python"
-    proc = run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-                 "--no-cache-dir", "-q", src], cwd=root)
-    assert proc.returncode == 0, explain(proc)
+    python = venv_with(src, root)
     work = root / "work"  # run everything from outside the repository
     work.mkdir()
     return {"python": python, "work": work, "seen_before": seen_before}

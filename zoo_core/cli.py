@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change evaluation settings, e.g. --set eval.iw_samples=5000")
     _add_hardware(p)
 
+    p = sub.add_parser("new", help="start a new family as a separately installable plugin package",
+                       description="Writes DIR/zoo-NAME/: pyproject (entry point), a working GenerativeModel "
+                                   "subclass to edit, registry entries, and tests that run the conformance kit.")
+    p.add_argument("kind", choices=["family"], help="what to create")
+    p.add_argument("name", help="family name: lower case letters, digits, underscores")
+    p.add_argument("--dir", default=".", help="where to create zoo-NAME/ (default: here)")
+
     p = sub.add_parser("sample", help="draw samples from a run directory or checkpoint")
     p.add_argument("run", help="run directory or .ckpt file")
     p.add_argument("-n", type=_positive, default=64, help="number of samples (default 64)")
@@ -186,7 +193,16 @@ def cmd_sample(args) -> None:
     print(f"wrote {args.n} samples to {out}")
 
 
-COMMANDS = {"list": cmd_list, "plugins": cmd_plugins, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample}
+def cmd_new(args) -> None:
+    from zoo_core.scaffold import new_family
+
+    target = new_family(args.name, args.dir)
+    print(f"created {target}\nnext: pip install -e {target} && python -m pytest {target} -q && "
+          f"zoo train {args.name}-moons")
+
+
+COMMANDS = {"list": cmd_list, "plugins": cmd_plugins, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
+            "new": cmd_new}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,194 @@
+"""RealNVP: a normalizing flow of affine coupling layers with an exact likelihood.
+
+References
+----------
+- L. Dinh, J. Sohl-Dickstein and S. Bengio, "Density estimation using Real NVP", ICLR 2017
+  (arXiv:1605.08803).
+- D. P. Kingma and P. Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions",
+  NeurIPS 2018 (arXiv:1807.03039), for ActNorm.
+
+An invertible map f = f_K o ... o f_1 takes data x to z = f(x) with a standard normal base
+p(z) = N(0, I); by the change of variables
+
+    log p(x) = log N(f(x); 0, I) + sum_k log |det df_k/dh_{k-1}|,
+
+exactly. Each step is ActNorm (a per-dimension affine map initialised from data, so that the
+likelihood is the same in train and eval mode: no batch statistics) followed by an affine
+coupling layer (see ``nets.AffineCoupling``): half of the dimensions pass unchanged and
+condition an MLP that scales and shifts the other half; the log-determinant is the sum of the
+log-scales, which are soft-clamped to (-c, c) by c * tanh(s / c). Consecutive couplings swap
+the roles of the halves (checkerboard, half-split or seeded random masks over the flattened
+vector; for images this is the simple MLP-coupling variant, not the paper's conv ResNets).
+
+Dequantized images (RealNVP section 4.1): pixels x in [0, 1) are first mapped to logit space,
+
+    u = logit(alpha + (1 - 2 alpha) x),   log |du/dx| = sum_d [log(1 - 2 alpha) - log p_d - log(1 - p_d)],
+
+with p = alpha + (1 - 2 alpha) x, and that log-determinant is included, so ``log_prob`` is a
+density in pixel space. It is the exact density of the model's samples, whose support is the
+box where 0 < p < 1, i.e. x in (-alpha / (1 - 2 alpha), (1 - alpha) / (1 - 2 alpha))^D, slightly
+wider than [0, 1]^D; on [0, 1]^D it integrates to a little less than 1, so the discrete NLL the
+runner reports (adding -D log L) remains a valid upper bound. Outside the box it is -inf.
+Binarized data are discrete: a flow is no density for them, and the family refuses them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from zoo_core.model import GenerativeModel, as_sample_shape
+
+from .nets import ACTIVATIONS, MASKS, ActNorm, AffineCoupling, coupling_masks
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class RealNVP(GenerativeModel):
+    """RealNVP normalizing flow (Dinh et al. 2017) with ActNorm (Kingma & Dhariwal 2018).
+
+    Args:
+        data, optim: see :class:`GenerativeModel`.
+        n_couplings: number of ActNorm + affine-coupling steps K (even, so every dimension is
+            transformed equally often).
+        hidden: widths of each coupling MLP's hidden layers.
+        activation: one of ``relu``, ``tanh``, ``elu``, ``silu``, ``gelu``.
+        mask: ``checkerboard``, ``half`` or ``random`` (see ``nets.coupling_masks``).
+        max_log_scale: c, the soft bound on each coupling's log-scale.
+        logit_alpha: alpha of the logit transform for dequantized images (RealNVP uses 0.05).
+        mask_seed: seed of the ``random`` masks.
+        display_temperature: T of the base distribution z ~ N(0, T^2 I) for *pictures only*
+            (``sample_for_display``; Glow shows T < 1). ``sample`` always uses T = 1.
+    """
+
+    family = "flow"
+    likelihood = "exact"
+
+    def __init__(
+        self,
+        data: dict,
+        optim: dict | None = None,
+        n_couplings: int = 8,
+        hidden: Sequence[int] = (128, 128),
+        activation: str = "relu",
+        mask: str = "checkerboard",
+        max_log_scale: float = 3.0,
+        logit_alpha: float = 0.05,
+        mask_seed: int = 0,
+        display_temperature: float = 1.0,
+    ):
+        # plain Python types: save_hyperparameters captures these locals (weights_only checkpoints)
+        n_couplings, mask_seed = int(n_couplings), int(mask_seed)
+        hidden = [int(h) for h in hidden]
+        activation, mask = str(activation), str(mask)
+        max_log_scale, logit_alpha = float(max_log_scale), float(logit_alpha)
+        display_temperature = float(display_temperature)
+        super().__init__(data, optim)
+        if self.data_spec.representation == "binarized":
+            raise ValueError("flow: a normalizing flow is a density of continuous data and cannot model "
+                             "binarized (discrete) pixels; use the dequantized representation "
+                             "(data: {representation: dequantized})")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"flow: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if mask not in MASKS:
+            raise ValueError(f"flow: mask must be one of {list(MASKS)}, got {mask!r}")
+        if n_couplings < 2 or n_couplings % 2:
+            raise ValueError(f"flow: n_couplings must be even and >= 2, got {n_couplings}")
+        if not hidden or min(hidden) < 1 or max_log_scale <= 0 or display_temperature <= 0:
+            raise ValueError("flow: hidden widths, max_log_scale and display_temperature must be positive")
+        if not 0 < logit_alpha < 0.5:
+            raise ValueError(f"flow: logit_alpha must lie in (0, 0.5), got {logit_alpha}")
+        self.dims = self.data_spec.dims
+        if self.dims < 2:
+            raise ValueError("flow: coupling layers need data of at least 2 dimensions")
+        self.logit_alpha = logit_alpha
+        self.display_temperature = display_temperature
+        self.use_logit = self.data_spec.representation == "dequantized"
+        masks = coupling_masks(self.event_shape, n_couplings, mask, mask_seed)
+        self.actnorms = nn.ModuleList([ActNorm(self.dims) for _ in range(n_couplings)])
+        self.couplings = nn.ModuleList([AffineCoupling(m, hidden, activation, max_log_scale) for m in masks])
+
+    # ---- the logit pre-processing of dequantized pixels --------------------------------------------
+    def _to_logit(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, D) pixels -> (N, D) logits and (N,) log|du/dx|; -inf where x leaves the support."""
+        a = self.logit_alpha
+        p = a + (1 - 2 * a) * x                                                   # (N, D)
+        inside = ((p > 0) & (p < 1)).all(-1)                                      # (N,)
+        p = p.clamp(1e-12, 1 - 1e-7) if not bool(inside.all()) else p
+        u = torch.log(p) - torch.log1p(-p)                                        # (N, D)
+        log_det = (math.log(1 - 2 * a) - torch.log(p) - torch.log1p(-p)).sum(-1)  # (N,)
+        return u, torch.where(inside, log_det, torch.full_like(log_det, -math.inf))
+
+    def _from_logit(self, u: Tensor) -> Tensor:
+        a = self.logit_alpha
+        return (torch.sigmoid(u) - a) / (1 - 2 * a)
+
+    # ---- the bijection ---------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (*batch, *event_shape) -> z (*batch, *event_shape) and log|det dz/dx| (*batch,)."""
+        batch = self.validate_sample(x)
+        h = x.reshape(-1, self.dims).float()                                      # (N, D)
+        log_det = torch.zeros(h.shape[0], device=h.device, dtype=h.dtype)        # (N,)
+        if self.use_logit:
+            h, ld = self._to_logit(h)
+            log_det = log_det + ld
+        for actnorm, coupling in zip(self.actnorms, self.couplings):
+            h, ld1 = actnorm(h)
+            h, ld2 = coupling(h)
+            log_det = log_det + ld1 + ld2
+        return h.reshape(*batch, *self.event_shape), log_det.reshape(batch)
+
+    def inverse(self, z: Tensor) -> Tensor:
+        """z (*batch, *event_shape) -> x (*batch, *event_shape), the exact inverse of ``forward``."""
+        batch = self.validate_sample(z)
+        h = z.reshape(-1, self.dims).float()                                      # (N, D)
+        for actnorm, coupling in zip(reversed(self.actnorms), reversed(self.couplings)):
+            h = actnorm.inverse(coupling.inverse(h))
+        if self.use_logit:
+            h = self._from_logit(h)
+        return h.reshape(*batch, *self.event_shape)
+
+    @torch.no_grad()
+    def init_from_data(self, x: Tensor) -> None:
+        """ActNorm's data-dependent initialisation: push the batch through the flow and set each
+        ActNorm so that its output has zero mean and unit variance per dimension."""
+        h = x.reshape(-1, self.dims).float().to(self.device)                     # (N, D)
+        if self.use_logit:
+            h, _ = self._to_logit(h)
+        for actnorm, coupling in zip(self.actnorms, self.couplings):
+            actnorm.initialise(h)
+            h, _ = coupling(actnorm(h)[0])
+
+    # ---- the interface ---------------------------------------------------------------------------
+    def log_prob(self, x: Tensor) -> Tensor:
+        """(*batch, *event_shape) -> (*batch,): exact log-density in nats."""
+        z, log_det = self(x)
+        z = z.reshape(*log_det.shape, self.dims)                                  # (*batch, D)
+        return -0.5 * (LOG_2PI + z ** 2).sum(-1) + log_det
+
+    def loss(self, x: Tensor) -> Tensor:
+        """Mean negative log-likelihood in nats per example."""
+        return -self.log_prob(x).mean()
+
+    def _sample(self, shape: torch.Size, temperature: float) -> Tensor:
+        n = math.prod(shape)
+        z = temperature * torch.randn(n, *self.event_shape, device=self.device)  # (n, *event)
+        return self.inverse(z).reshape(*shape, *self.event_shape)
+
+    @torch.no_grad()
+    def sample(self, sample_shape: int | Sequence[int] | torch.Size = torch.Size()) -> Tensor:
+        """z ~ N(0, I) through the inverse flow. For images the values are the exact inverse, so a
+        small fraction may fall just outside [0, 1] (see the module docstring)."""
+        return self._sample(as_sample_shape(sample_shape), 1.0)
+
+    @torch.no_grad()
+    def sample_for_display(self, n: int) -> Tensor:
+        """Samples at ``display_temperature`` (images clipped to [0, 1]); 2-D data get true samples."""
+        if not self.data_spec.is_image:
+            return self.sample((n,))
+        return self._sample(torch.Size([n]), self.display_temperature).clamp(0.0, 1.0)
+
+    def likelihood_description(self) -> str:
+        return "exact log-likelihood (change of variables)"
