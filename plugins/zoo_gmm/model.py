@@ -74,6 +74,22 @@ class GMM(GenerativeModel):
                 else:
                     self.log_diag[j] = 0.5 * torch.log(torch.diagonal(cov))
 
+    def set_mixture(self, weights: Tensor, means: Tensor, covariances: Tensor) -> None:
+        """Set the parameters from a fitted mixture: weights (K,), means (K, D), and covariances
+        (K, D, D) for "full" or (K, D) variances for "diag" (e.g. scikit-learn's EM result)."""
+        weights, means, covariances = (torch.as_tensor(t, dtype=self.means.dtype) for t in (weights, means, covariances))
+        jitter = math.sqrt(self.reg_covar)
+        with torch.no_grad():
+            self.logits.copy_(torch.log(weights))
+            self.means.copy_(means)
+            if self.covariance == "full":
+                chol = torch.linalg.cholesky(covariances)                   # (K, D, D)
+                self.lower.copy_(chol)
+                diag = torch.diagonal(chol, dim1=-2, dim2=-1)
+            else:
+                diag = torch.sqrt(covariances)                              # (K, D)
+            self.log_diag.copy_(torch.log(torch.clamp(diag - jitter, min=1e-12)))
+
     # ---- the interface --------------------------------------------------------------------------
     def component_log_prob(self, x: Tensor) -> Tensor:
         """(N, D) -> (N, K): log N(x; mu_k, Sigma_k) via a triangular solve."""

@@ -1,0 +1,121 @@
+"""Deterministic autoencoder with a Gaussian mixture fitted in its latent space for sampling.
+
+An encoder f maps x to a code z = f(x) and a decoder g maps it back; training minimises the
+reconstruction loss (the seed's autoencoder row: "reconstruction loss"):
+
+    binarised data:  L(x) = -sum_d [x_d log g_d(z) + (1 - x_d) log(1 - g_d(z))]   (Bernoulli)
+    continuous data: L(x) = 1/2 sum_d (x_d - g_d(z))^2                             (unit Gaussian)
+
+An autoencoder defines no density, so it cannot sample by itself. Following the two-stage idea of
+Ghosh et al. 2020 ("From Variational to Deterministic Autoencoders", ex-post density estimation),
+a Gaussian mixture from the zoo's ``gmm`` family is fitted by EM to the codes of training data at
+the end of every validation epoch (so every checkpoint carries a fitted one); samples are
+g(z) with z drawn from that mixture. ``log_prob`` raises ``NoLikelihoodError``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from zoo_core.model import GenerativeModel, as_sample_shape
+from zoo_gmm import GMM
+from zoo_vae.model import ACTIVATIONS, mlp
+
+LATENT_FIT_EXAMPLES = 10000
+
+
+class Autoencoder(GenerativeModel):
+    """Deterministic autoencoder + latent Gaussian mixture (ex-post density estimation)."""
+
+    family = "autoencoder"
+    likelihood = "none"
+    no_likelihood_alternatives = "reconstruction error and sample-quality metrics (Fréchet distance, precision/recall)"
+
+    def __init__(self, data: dict, optim: dict | None = None, latent_dim: int = 16,
+                 hidden: Sequence[int] = (256, 256), activation: str = "relu", latent_components: int = 10):
+        latent_dim, latent_components = int(latent_dim), int(latent_components)
+        hidden, activation = [int(h) for h in hidden], str(activation)
+        super().__init__(data, optim)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"autoencoder: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if latent_dim < 1 or latent_components < 1 or not hidden or min(hidden) < 1:
+            raise ValueError("autoencoder: latent_dim, latent_components and hidden widths must be positive")
+        self.latent_dim = latent_dim
+        dims = self.data_spec.dims
+        self.encoder = mlp([dims, *hidden, latent_dim], activation)        # (N, D) -> (N, L)
+        self.decoder = mlp([latent_dim, *hidden[::-1], dims], activation)  # (N, L) -> (N, D) logits or means
+        latent_spec = {"name": "latent", "event_shape": [latent_dim], "representation": "continuous"}
+        self.latent_density = GMM(latent_spec, n_components=latent_components, covariance="full", reg_covar=1e-6)
+        self.latent_density.requires_grad_(False)  # fitted by EM, not by the optimiser (and ignored by DDP)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """(N, *event_shape) -> (N, L)."""
+        return self.encoder(x.reshape(len(x), -1))
+
+    def decode(self, z: Tensor) -> Tensor:
+        """(N, L) -> (N, D) Bernoulli logits (binarised data) or means (continuous data)."""
+        return self.decoder(z)
+
+    def reconstruction_error(self, x: Tensor) -> Tensor:
+        """(N, *event_shape) -> (N,) the reconstruction loss per example (nats for Bernoulli data)."""
+        self.validate_sample(x)
+        flat = x.reshape(len(x), -1)
+        out = self.decode(self.encode(x))
+        if self.data_spec.is_binary:
+            return F.binary_cross_entropy_with_logits(out, flat, reduction="none").sum(-1)
+        return 0.5 * ((out - flat) ** 2).sum(-1)
+
+    def loss(self, x: Tensor) -> Tensor:
+        return self.reconstruction_error(x).mean()
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        raise self.no_likelihood()
+
+    def _decoded_mean(self, z: Tensor) -> Tensor:
+        out = self.decode(z)
+        return torch.sigmoid(out) if self.data_spec.is_binary else out
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        shape = as_sample_shape(sample_shape)
+        n = int(torch.tensor(shape).prod()) if len(shape) else 1
+        with torch.no_grad():
+            mean = self._decoded_mean(self.latent_density.sample((n,)))    # (n, D)
+            x = torch.bernoulli(mean) if self.data_spec.is_binary else mean
+        return x.reshape(*shape, *self.event_shape)
+
+    def sample_for_display(self, n: int) -> Tensor:
+        """Decoded means g(z) (pixel probabilities for binarised data), clamped to [0, 1] for images."""
+        with torch.no_grad():
+            mean = self._decoded_mean(self.latent_density.sample((n,))).reshape(n, *self.event_shape)
+        return mean.clamp(0, 1) if self.data_spec.is_image else mean
+
+    # ---- the latent mixture ---------------------------------------------------------------------
+    def fit_latent_density(self, x: Tensor, seed: int = 0) -> None:
+        """EM fit (scikit-learn) of the latent Gaussian mixture to the codes of ``x``."""
+        from sklearn.mixture import GaussianMixture
+
+        with torch.no_grad():
+            codes = torch.cat([self.encode(chunk) for chunk in x.split(2048)]).double().cpu().numpy()
+        k = min(self.latent_density.n_components, len(codes))
+        fit = GaussianMixture(k, covariance_type="full", reg_covar=1e-6, random_state=seed).fit(codes)
+        weights, means, covariances = fit.weights_, fit.means_, fit.covariances_
+        if k < self.latent_density.n_components:  # pad unused components with zero weight
+            pad = self.latent_density.n_components - k
+            weights = list(weights) + [1e-12] * pad
+            means = list(means) + [means[0]] * pad
+            covariances = list(covariances) + [covariances[0]] * pad
+        self.latent_density.set_mixture(torch.tensor(weights), torch.tensor(means), torch.tensor(covariances))
+
+    def on_validation_epoch_end(self) -> None:
+        """Refit the latent mixture before checkpoints are written (same data on every rank)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.trainer.sanity_checking or datamodule is None:
+            return
+        x = datamodule.eval_data("train")[:LATENT_FIT_EXAMPLES].to(self.device)
+        was_training = self.training
+        self.eval()
+        self.fit_latent_density(x, seed=int(datamodule.seed))
+        self.train(was_training)
