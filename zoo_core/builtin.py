@@ -19,5 +19,7 @@ def register_datasets(register):
 @hookimpl
 def register_metrics(register):
     from zoo_core.metrics.nll import NLL
+    from zoo_core.metrics.sample_quality import SampleQuality
 
     register("nll", NLL)
+    register("sample_quality", SampleQuality)

@@ -40,7 +40,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "precision": "32-true", "gradient_clip_val": None, "log_every_n_steps": 50,
     "check_val_every_n_epoch": 1, "limit_train_batches": None,
 }
-EVAL_DEFAULTS: dict[str, Any] = {"metrics": ["nll"], "splits": ["test"], "iw_samples": None, "num_samples": 64}
+EVAL_DEFAULTS: dict[str, Any] = {"metrics": ["nll", "sample_quality"], "splits": ["test"], "iw_samples": None,
+                                 "num_samples": 64, "quality_samples": 2000}
 EVAL_SPLITS = ("train", "val", "test")
 PRECISIONS = ("32-true", "32", "64-true", "64", "16-mixed", "bf16-mixed", "bf16-true", "16-true")
 
@@ -153,7 +154,7 @@ TRAIN_CHECKS: dict[str, Callable] = {
 }
 EVAL_CHECKS: dict[str, Callable] = {
     "metrics": _str_list(), "splits": _str_list(EVAL_SPLITS),
-    "iw_samples": lambda v: _pos_int(v, allow_none=True), "num_samples": _pos_int,
+    "iw_samples": lambda v: _pos_int(v, allow_none=True), "num_samples": _pos_int, "quality_samples": _pos_int,
 }
 
 
