@@ -115,8 +115,9 @@ class RealNVP(GenerativeModel):
         """(N, D) pixels -> (N, D) logits and (N,) log|du/dx|; -inf where x leaves the support."""
         a = self.logit_alpha
         p = a + (1 - 2 * a) * x                                                   # (N, D)
-        inside = ((p > 0) & (p < 1)).all(-1)                                      # (N,)
-        p = p.clamp(1e-12, 1 - 1e-7) if not bool(inside.all()) else p
+        valid = (p > 0) & (p < 1)                                                 # (N, D)
+        p = torch.where(valid, p, torch.full_like(p, 0.5))  # keeps the logs finite; rows masked below
+        inside = valid.all(-1)                                                    # (N,)
         u = torch.log(p) - torch.log1p(-p)                                        # (N, D)
         log_det = (math.log(1 - 2 * a) - torch.log(p) - torch.log1p(-p)).sum(-1)  # (N,)
         return u, torch.where(inside, log_det, torch.full_like(log_det, -math.inf))
@@ -129,7 +130,7 @@ class RealNVP(GenerativeModel):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (*batch, *event_shape) -> z (*batch, *event_shape) and log|det dz/dx| (*batch,)."""
         batch = self.validate_sample(x)
-        h = x.reshape(-1, self.dims).float()                                      # (N, D)
+        h = x.reshape(-1, self.dims).to(self.dtype)                                    # (N, D)
         log_det = torch.zeros(h.shape[0], device=h.device, dtype=h.dtype)        # (N,)
         if self.use_logit:
             h, ld = self._to_logit(h)
@@ -143,7 +144,7 @@ class RealNVP(GenerativeModel):
     def inverse(self, z: Tensor) -> Tensor:
         """z (*batch, *event_shape) -> x (*batch, *event_shape), the exact inverse of ``forward``."""
         batch = self.validate_sample(z)
-        h = z.reshape(-1, self.dims).float()                                      # (N, D)
+        h = z.reshape(-1, self.dims).to(self.dtype)                                    # (N, D)
         for actnorm, coupling in zip(reversed(self.actnorms), reversed(self.couplings)):
             h = actnorm.inverse(coupling.inverse(h))
         if self.use_logit:
@@ -154,7 +155,7 @@ class RealNVP(GenerativeModel):
     def init_from_data(self, x: Tensor) -> None:
         """ActNorm's data-dependent initialisation: push the batch through the flow and set each
         ActNorm so that its output has zero mean and unit variance per dimension."""
-        h = x.reshape(-1, self.dims).float().to(self.device)                     # (N, D)
+        h = x.reshape(-1, self.dims).to(self.device, self.dtype)                   # (N, D)
         if self.use_logit:
             h, _ = self._to_logit(h)
         for actnorm, coupling in zip(self.actnorms, self.couplings):
@@ -174,7 +175,7 @@ class RealNVP(GenerativeModel):
 
     def _sample(self, shape: torch.Size, temperature: float) -> Tensor:
         n = math.prod(shape)
-        z = temperature * torch.randn(n, *self.event_shape, device=self.device)  # (n, *event)
+        z = temperature * torch.randn(n, *self.event_shape, device=self.device, dtype=self.dtype)  # (n, *event)
         return self.inverse(z).reshape(*shape, *self.event_shape)
 
     @torch.no_grad()

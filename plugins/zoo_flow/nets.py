@@ -107,8 +107,8 @@ class AffineCoupling(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def scale_shift(self, a: Tensor) -> tuple[Tensor, Tensor]:
-        """a: (N, Da) -> log-scale s (N, Db), shift t (N, Db), in float32 even under autocast."""
-        s_raw, t = self.net(a).float().chunk(2, dim=-1)
+        """a: (N, Da) -> log-scale s (N, Db), shift t (N, Db), in a's dtype even under autocast."""
+        s_raw, t = self.net(a).to(a.dtype).chunk(2, dim=-1)
         c = self.max_log_scale
         return c * torch.tanh(s_raw / c), t
 

@@ -1,0 +1,520 @@
+"""Denoising diffusion probabilistic models, scored with their variational bound.
+
+References
+----------
+- J. Ho, A. Jain and P. Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS 2020
+  (arXiv:2006.11239). Referred to as "Ho et al." below.
+- A. Nichol and P. Dhariwal, "Improved Denoising Diffusion Probabilistic Models", ICML 2021
+  (arXiv:2102.09672): the cosine schedule and respaced sampling.
+- J. Song, C. Meng and S. Ermon, "Denoising Diffusion Implicit Models", ICLR 2021
+  (arXiv:2010.02502): the DDIM sampler.
+
+Forward process (fixed), for t = 1..T with a schedule beta_1..beta_T, alpha_t = 1 - beta_t and
+alphabar_t = prod_{s<=t} alpha_s (alphabar_0 = 1)::
+
+    q(x_t | x_{t-1}) = N(sqrt(alpha_t) x_{t-1}, beta_t I)
+    q(x_t | x_0)     = N(sqrt(alphabar_t) x_0, (1 - alphabar_t) I)
+    q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t I),
+        mu~_t   = sqrt(alphabar_{t-1}) beta_t / (1 - alphabar_t) x_0
+                  + sqrt(alpha_t) (1 - alphabar_{t-1}) / (1 - alphabar_t) x_t
+        beta~_t = (1 - alphabar_{t-1}) / (1 - alphabar_t) beta_t
+
+Schedules: ``linear`` (Ho et al.: beta from 1e-4 to 0.02 for T = 1000, both ends scaled by
+1000 / T for other T as in Nichol & Dhariwal, so a short chain still ends near N(0, I)) and
+``cosine`` (Nichol & Dhariwal eq. 17, alphabar_t = f(t)/f(0), f(t) = cos^2((t/T + s)/(1 + s) pi/2),
+s = 0.008, betas clipped at 0.999).
+
+Reverse process (learned): p(x_T) = N(0, I) and, for t >= 2,
+p(x_{t-1} | x_t) = N(mu_theta(x_t, t), sigma_t^2 I) with the noise parametrisation (Ho et al. eq. 11)
+
+    mu_theta(x_t, t) = mu~_t(x_t, x0_theta),   x0_theta = (x_t - sqrt(1 - alphabar_t) eps_theta(x_t, t)) / sqrt(alphabar_t)
+
+(equal to (x_t - beta_t / sqrt(1 - alphabar_t) eps_theta) / sqrt(alpha_t); for images x0_theta
+is clipped to [-1, 1] when ``clip_denoised``, in the bound and in sampling alike, so both always
+describe the same model). Fixed variances (``variance``): ``beta`` (sigma_t^2 = beta_t) or
+``posterior`` (sigma_t^2 = beta~_t, with sigma_1^2 = beta~_2 since beta~_1 = 0, as in Ho et al.'s
+code). The last step is the decoder p(x_0 | x_1), centred on mu_theta(x_1, 1) = x0_theta(x_1):
+
+- 2-D (continuous) data: the Gaussian density N(x_0; x0_theta(x_1), sigma_1^2 I).
+- images: Ho et al.'s discretised Gaussian (section 3.3): pixel levels k = 0..L-1 sit at
+  v_k = 2k/(L-1) - 1 in [-1, 1] and P(k) = Phi((v_k + 1/(L-1) - mu)/sigma_1) - Phi((v_k - 1/(L-1) - mu)/sigma_1),
+  with the outer edges at -inf and +inf. L is the data's ``num_levels`` (256 for MNIST, 17 for digits).
+
+Training minimises Ho et al.'s simple loss L_simple = E_{t, x_0, eps} ||eps - eps_theta(x_t, t)||^2
+with t ~ U{1..T}, eps ~ N(0, I), x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps (a mean over
+pixels and batch).
+
+Likelihood (``log_prob``): the evidence lower bound, per example (Ho et al. eq. 5)::
+
+    log p(x_0) >= ELBO = -(L_T + sum_{t=2}^T L_{t-1} + L_0),
+    L_T     = KL(q(x_T | x_0) || N(0, I))                       (analytic, no network)
+    L_{t-1} = E_{q(x_t|x_0)} KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))
+            = E [ 1/2 sum_d ( log(sigma_t^2 / beta~_t) + beta~_t / sigma_t^2 - 1 + (mu~_t - mu_theta)^2 / sigma_t^2 ) ]
+    L_0     = -E_{q(x_1|x_0)} log p(x_0 | x_1).
+
+Each expectation over x_t is estimated with one draw x_t ~ q(x_t | x_0), so ``log_prob`` is one
+draw of an unbiased estimator of the ELBO (like the VAE family's K=1 bound). The T-1 middle
+terms cost one network call each; ``bound_timesteps`` = K chooses how they are summed:
+
+- ``None`` (or K >= T-1): all of them (the exact sum over t);
+- K < T-1: an unbiased stratified Monte-Carlo estimate: {2..T} is cut into K contiguous strata of
+  sizes n_k, one t_k is drawn uniformly in each, and sum_t L_{t-1} ~ sum_k n_k L_{t_k - 1}. The
+  strata are spaced geometrically (the terms are largest and change fastest at small t), so
+  the first ones are single timesteps, summed exactly.
+
+L_T and L_0 are always computed. ``likelihood_description`` says which estimate was used.
+During training, ``val/nll`` uses ``val_bound_timesteps`` strata (cheap, still unbiased).
+
+Dequantised images: the runner hands the model x = (k + u)/L in [0, 1) and adds -D log L to
+``log_prob``. This model is a model of the integer levels k = floor(x L): its training input is
+v_k (the dequantisation noise is dropped, as in Ho et al.) and its decoder gives P(k). The
+piecewise-constant function p(x) = L^D P(floor(x L)) is a density on [0, 1)^D, and ``log_prob``
+returns the ELBO on log P(k) plus D log L, a lower bound on log p(x). After the runner's
+offset the reported number is therefore exactly the ELBO on the discrete log P(k): no
+dequantisation gap, and bits/dim comparable with Ho et al.'s (3.70-3.75 on CIFAR-10).
+Binarized data are refused: DDPM models Gaussian-corrupted continuous or many-level data;
+use ``representation: dequantized``.
+
+Sampling (``sample``): ``sampler: ancestral`` runs p(x_{t-1} | x_t) from x_T ~ N(0, I) down to
+the decoder p(x_0 | x_1) (images: a discretised draw of the level k, then x = (k + u)/L, i.e. a
+true draw from the density above). ``sample_steps`` S < T respaces the chain over S timesteps
+(Nichol & Dhariwal section 4: betas recomputed from alphabar on the subsequence). ``sampler:
+ddim`` uses Song et al.'s update (eq. 12) on S timesteps with noise scale ``ddim_eta``:
+
+    x_{t'} = sqrt(alphabar_{t'}) x0_theta + sqrt(1 - alphabar_{t'} - s^2) eps_theta + s z,
+    s^2 = eta^2 (1 - alphabar_{t'}) / (1 - alphabar_t) (1 - alphabar_t / alphabar_{t'}),
+
+deterministic given x_T for eta = 0, and the ancestral sampler with ``variance: posterior`` for
+eta = 1 and all T steps. DDIM's last step returns x0_theta itself (images: rounded to the nearest
+level). ``log_prob`` is always the bound of the ancestral model; DDIM with eta != 1 or S < T
+samples a different generative process built on the same network.
+
+EMA: with ``ema_decay`` a shadow copy of the network tracks an exponential moving average of
+the trained weights (decay min(ema_decay, (1 + n)/(10 + n)) after n updates), as Ho et al. do.
+The EMA network *is* the model: ``log_prob`` and ``sample`` use it; ``loss`` trains the raw one.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from zoo_core.errors import ConfigError
+from zoo_core.model import GenerativeModel, as_sample_shape, gaussian_log_prob
+
+from .nets import TimeMLP, UNet
+
+SCHEDULES = ("linear", "cosine")
+VARIANCES = ("beta", "posterior")
+SAMPLERS = ("ancestral", "ddim")
+NETWORKS = ("auto", "mlp", "unet")
+
+
+def make_betas(schedule: str, timesteps: int) -> Tensor:
+    """(T,) float64 betas for t = 1..T."""
+    T = timesteps
+    if schedule == "linear":
+        scale = 1000.0 / T
+        betas = torch.linspace(scale * 1e-4, scale * 0.02, T, dtype=torch.float64)
+    elif schedule == "cosine":
+        s = 0.008
+        steps = torch.arange(T + 1, dtype=torch.float64) / T  # (T+1,) t/T for t = 0..T
+        f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+        alphas_bar = f / f[0]
+        betas = 1 - alphas_bar[1:] / alphas_bar[:-1]
+    else:
+        raise ValueError(f"diffusion: schedule must be one of {SCHEDULES}, got {schedule!r}")
+    return betas.clamp(1e-8, 0.999)
+
+
+def log_normal_cdf_diff(a: Tensor, b: Tensor) -> Tensor:
+    """log(Phi(b) - Phi(a)) for a < b (a may be -inf, b +inf), stable in both tails: where the
+    interval lies mostly above 0 it uses the mirror image Phi(-a) - Phi(-b)."""
+    flip = (a + b) > 0
+    lo, hi = torch.where(flip, -b, a), torch.where(flip, -a, b)
+    log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+    return log_hi + torch.log1p(-torch.exp(log_lo - log_hi))
+
+
+class DDPM(GenerativeModel):
+    """Denoising diffusion probabilistic model (Ho et al. 2020) with its ELBO as ``log_prob``.
+
+    Args:
+        data, optim: see :class:`GenerativeModel`. Binarized data is refused (use dequantized).
+        network: ``mlp`` (residual MLP on the flattened data), ``unet`` (images only) or ``auto``
+            (U-Net for images, MLP otherwise).
+        hidden: MLP widths. channels: U-Net widths per resolution; blocks: residual blocks per level.
+        time_embed_dim: width of the time embedding. dropout: in the residual blocks.
+        timesteps: T, the number of diffusion steps.
+        schedule: ``linear`` or ``cosine``. variance: ``beta`` (sigma_t^2 = beta_t) or ``posterior``.
+        clip_denoised: clip x0_theta to [-1, 1] (default: True for images, False otherwise).
+        sampler: ``ancestral`` or ``ddim``; sample_steps: S timesteps used by the sampler
+            (None = all T); ddim_eta: DDIM's noise scale.
+        bound_timesteps: number of the T-1 KL terms that ``log_prob`` evaluates (None = all,
+            the exact sum; fewer = a stratified Monte-Carlo estimate).
+        val_bound_timesteps: the same for ``val/nll`` during training.
+        eval_chunk: rows (example x timestep pairs) per network call in ``log_prob``.
+        ema_decay: EMA decay of the weights used by ``log_prob``/``sample`` (None or 0: no EMA).
+    """
+
+    family = "diffusion"
+    likelihood = "bound"
+
+    def __init__(
+        self,
+        data: dict,
+        optim: dict | None = None,
+        network: str = "auto",
+        hidden: Sequence[int] = (256, 256, 256),
+        channels: Sequence[int] = (32, 64),
+        blocks: int = 1,
+        time_embed_dim: int = 128,
+        dropout: float = 0.0,
+        timesteps: int = 1000,
+        schedule: str = "linear",
+        variance: str = "beta",
+        clip_denoised: bool | None = None,
+        sampler: str = "ancestral",
+        sample_steps: int | None = None,
+        ddim_eta: float = 0.0,
+        bound_timesteps: int | None = None,
+        val_bound_timesteps: int | None = 8,
+        eval_chunk: int = 2048,
+        ema_decay: float | None = 0.999,
+    ):
+        # plain Python types: save_hyperparameters (in the base class) captures these locals
+        network, schedule, variance, sampler = str(network), str(schedule), str(variance), str(sampler)
+        hidden, channels = [int(h) for h in hidden], [int(c) for c in channels]
+        blocks, time_embed_dim, timesteps, eval_chunk = int(blocks), int(time_embed_dim), int(timesteps), int(eval_chunk)
+        dropout, ddim_eta = float(dropout), float(ddim_eta)
+        clip_denoised = None if clip_denoised is None else bool(clip_denoised)
+        sample_steps = None if sample_steps is None else int(sample_steps)
+        bound_timesteps = None if bound_timesteps is None else int(bound_timesteps)
+        val_bound_timesteps = None if val_bound_timesteps is None else int(val_bound_timesteps)
+        ema_decay = None if ema_decay is None else float(ema_decay)
+        super().__init__(data, optim)
+        spec = self.data_spec
+        if spec.representation == "binarized":
+            raise ValueError("diffusion: binarized data is not what DDPM models (it adds Gaussian noise to "
+                             "continuous or many-level data); use representation: dequantized")
+        for name, value, options in (("network", network, NETWORKS), ("schedule", schedule, SCHEDULES),
+                                     ("variance", variance, VARIANCES), ("sampler", sampler, SAMPLERS)):
+            if value not in options:
+                raise ValueError(f"diffusion: {name} must be one of {list(options)}, got {value!r}")
+        if timesteps < 1:
+            raise ValueError(f"diffusion: timesteps must be >= 1, got {timesteps}")
+        for name, value in (("sample_steps", sample_steps), ("bound_timesteps", bound_timesteps),
+                            ("val_bound_timesteps", val_bound_timesteps)):
+            if value is not None and value < 1:
+                raise ValueError(f"diffusion: {name} must be a positive integer or null, got {value}")
+        if not hidden or min(hidden) < 1 or not channels or min(channels) < 1 or blocks < 1 or eval_chunk < 1:
+            raise ValueError("diffusion: hidden, channels, blocks and eval_chunk must be positive")
+        if not 0.0 <= ddim_eta <= 1.0 or not 0.0 <= dropout < 1.0:
+            raise ValueError("diffusion: ddim_eta must be in [0, 1] and dropout in [0, 1)")
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"diffusion: ema_decay must be in [0, 1) or null, got {ema_decay}")
+        if network == "unet" and not spec.is_image:
+            raise ValueError(f"diffusion: network 'unet' needs images, got data of shape {spec.event_shape}")
+
+        self.is_image = spec.representation == "dequantized"
+        self.num_levels = spec.num_levels if self.is_image else None
+        self.timesteps, self.schedule, self.variance = timesteps, schedule, variance
+        self.clip_denoised = self.is_image if clip_denoised is None else clip_denoised
+        self.sampler, self.sample_steps, self.ddim_eta = sampler, sample_steps, ddim_eta
+        self.bound_timesteps, self.val_bound_timesteps, self.eval_chunk = bound_timesteps, val_bound_timesteps, eval_chunk
+        self.ema_decay = ema_decay or None
+        self.network = ("unet" if spec.is_image else "mlp") if network == "auto" else network
+
+        if self.network == "unet":
+            self.net = UNet(spec.event_shape[0], channels, blocks, time_embed_dim, dropout)
+        else:
+            self.net = TimeMLP(spec.dims, hidden, time_embed_dim, dropout)
+        self.ema_net = None
+        if self.ema_decay is not None:
+            self.ema_net = copy.deepcopy(self.net)
+            self.ema_net.requires_grad_(False)
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+
+        # ---- the schedule, float64, indexed by t = 0..T (index 0: alphabar_0 = 1, beta_0 = 0) ----
+        betas = torch.cat([torch.zeros(1, dtype=torch.float64), make_betas(schedule, timesteps)])  # (T+1,)
+        alphas_bar = torch.cumprod(1 - betas, dim=0)  # (T+1,)
+        ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_bar[:-1]])  # (T+1,) alphabar_{t-1}
+        post_var = torch.zeros_like(betas)
+        post_var[1:] = (1 - ab_prev[1:]) / (1 - alphas_bar[1:]) * betas[1:]  # beta~_t (beta~_1 = 0)
+        if variance == "beta":
+            sigma2 = betas.clone()
+        else:
+            sigma2 = post_var.clone()
+            sigma2[1] = post_var[2] if timesteps >= 2 else betas[1]  # beta~_1 = 0: use beta~_2
+        sigma2[0] = 1.0  # unused
+        buffers = {
+            "betas": betas, "alphas_bar": alphas_bar, "alphas_bar_prev": ab_prev, "posterior_var": post_var,
+            "sigma2": sigma2,
+            # mu~_t = c_x0 x_0 + c_xt x_t
+            "c_x0": torch.sqrt(ab_prev) * betas / (1 - alphas_bar).clamp_min(1e-300),
+            "c_xt": torch.sqrt(1 - betas) * (1 - ab_prev) / (1 - alphas_bar).clamp_min(1e-300),
+            # mu~_t - mu_theta = c_eps (eps_theta - eps) without clipping (Ho et al. eq. 12)
+            "c_eps": betas / (torch.sqrt(1 - betas) * torch.sqrt((1 - alphas_bar).clamp_min(1e-300))),
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, value, persistent=False)
+
+    # ---- spaces -----------------------------------------------------------------------------------
+    def to_model_space(self, x: Tensor) -> Tensor:
+        """Data -> the space the diffusion runs in: continuous data as is; dequantised images
+        x in [0, 1) -> level values v_k = 2k/(L-1) - 1 in [-1, 1] with k = floor(x L)."""
+        x = x.to(self.dtype)
+        if not self.is_image:
+            return x
+        L = self.num_levels
+        k = torch.floor(x * L).clamp(0, L - 1)
+        return 2 * k / (L - 1) - 1
+
+    def levels_to_data(self, v: Tensor) -> Tensor:
+        """Model-space values -> dequantised data: nearest level k, then x = (k + u)/L, u ~ U[0, 1)."""
+        L = self.num_levels
+        k = torch.round((v + 1) * (L - 1) / 2).clamp(0, L - 1)
+        return (k + torch.rand_like(k)) / L
+
+    @property
+    def denoiser(self) -> nn.Module:
+        """The network of the model (the EMA copy when there is one)."""
+        return self.ema_net if self.ema_net is not None else self.net
+
+    def _coef(self, name: str, t: Tensor, like: Tensor) -> Tensor:
+        """A schedule buffer at timesteps t (N,), shaped (N, 1, ...) to broadcast against ``like``."""
+        v = getattr(self, name)[t].to(like.dtype)
+        return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+    def eps(self, net: nn.Module, x_t: Tensor, t: Tensor) -> Tensor:
+        """eps_theta(x_t, t): x_t (N, *event), t (N,) integer timesteps in 1..T -> (N, *event)."""
+        n = len(x_t)
+        t_in = t.to(x_t.dtype) * (1000.0 / self.timesteps)
+        if self.network == "mlp":
+            return net(x_t.reshape(n, -1), t_in).reshape(x_t.shape)
+        return net(x_t, t_in)
+
+    # ---- the forward process -------------------------------------------------------------------------
+    def q_mean_var(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """q(x_t | x_0) = N(sqrt(alphabar_t) x_0, (1 - alphabar_t) I): mean (N, *event), variance (N, 1..)."""
+        ab = self._coef("alphas_bar", t, x0)
+        return torch.sqrt(ab) * x0, 1 - ab
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        ab = self._coef("alphas_bar", t, x0)
+        return torch.sqrt(ab) * x0 + torch.sqrt(1 - ab) * noise
+
+    def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t I): mean (N, *event), variance (N, 1..)."""
+        mean = self._coef("c_x0", t, x0) * x0 + self._coef("c_xt", t, x0) * x_t
+        return mean, self._coef("posterior_var", t, x0)
+
+    def predict_x0(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """x0_theta = (x_t - sqrt(1 - alphabar_t) eps) / sqrt(alphabar_t), clipped for images."""
+        ab = self._coef("alphas_bar", t, x_t)
+        x0 = (x_t - torch.sqrt(1 - ab) * eps) / torch.sqrt(ab)
+        return x0.clamp(-1, 1) if self.clip_denoised else x0
+
+    # ---- training ----------------------------------------------------------------------------------
+    def loss(self, x: Tensor) -> Tensor:
+        """L_simple: mean squared error of the noise prediction at t ~ U{1..T}."""
+        self.validate_sample(x)
+        x0 = self.to_model_space(x.reshape(-1, *self.event_shape))  # (N, *event)
+        t = torch.randint(1, self.timesteps + 1, (len(x0),), device=x0.device)  # (N,)
+        noise = torch.randn_like(x0)
+        pred = self.eps(self.net, self.q_sample(x0, t, noise), t)
+        return ((pred - noise) ** 2).mean()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema_net is None:
+            return
+        self.ema_updates += 1
+        n = float(self.ema_updates)
+        decay = min(self.ema_decay, (1 + n) / (10 + n))
+        with torch.no_grad():
+            for p_ema, p in zip(self.ema_net.parameters(), self.net.parameters()):
+                p_ema.lerp_(p.detach(), 1 - decay)
+            for b_ema, b in zip(self.ema_net.buffers(), self.net.buffers()):
+                b_ema.copy_(b)
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        n = len(batch)
+        self.log("val/loss", self.loss(batch), on_epoch=True, sync_dist=True, batch_size=n)
+        nll = -(self.elbo(batch, self.val_bound_timesteps) + self.data_spec.log_prob_offset).mean()
+        self.log("val/nll", nll, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=n)
+
+    # ---- the bound ------------------------------------------------------------------------------------
+    def prior_kl(self, x0: Tensor) -> Tensor:
+        """L_T = KL(N(sqrt(ab_T) x0, (1 - ab_T) I) || N(0, I)), (N, *event) -> (N,) float64."""
+        ab = self.alphas_bar[self.timesteps]
+        x0 = x0.double().reshape(len(x0), -1)
+        return 0.5 * (ab * (x0**2 - 1) - torch.log1p(-ab)).sum(-1)
+
+    def kl_terms(self, x0: Tensor, t: Tensor, net: nn.Module | None = None) -> Tensor:
+        """One-draw estimates of L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t >= 2:
+        x0 (N, *event), t (N,) -> (N,) float64."""
+        net = net if net is not None else self.denoiser
+        noise = torch.randn_like(x0)
+        x_t = self.q_sample(x0, t, noise)
+        eps = self.eps(net, x_t, t)
+        if self.clip_denoised:  # mu~ - mu_theta = c_x0 (x0 - x0_theta)
+            diff = self._coef("c_x0", t, x0) * (x0 - self.predict_x0(x_t, t, eps))
+        else:  # the same, written through the noise (stable where alphabar_t is tiny)
+            diff = self._coef("c_eps", t, x0) * (eps - noise)
+        sigma2, post = self.sigma2[t], self.posterior_var[t]  # (N,) float64
+        D = x0[0].numel()
+        sq = (diff.double() ** 2).reshape(len(x0), -1).sum(-1)  # (N,)
+        return 0.5 * (D * (torch.log(sigma2 / post) + post / sigma2 - 1) + sq / sigma2)
+
+    def decoder_nll(self, x0: Tensor, net: nn.Module | None = None) -> Tensor:
+        """L_0 = -log p(x_0 | x_1), x_1 ~ q(x_1 | x_0): (N, *event) -> (N,) float64."""
+        net = net if net is not None else self.denoiser
+        t = torch.ones(len(x0), dtype=torch.long, device=x0.device)
+        x1 = self.q_sample(x0, t, torch.randn_like(x0))
+        mean = self.predict_x0(x1, t, self.eps(net, x1, t)).double()  # mu_theta(x_1, 1)
+        sigma2 = self.sigma2[1]
+        if not self.is_image:
+            return -gaussian_log_prob(x0.double(), mean, torch.log(sigma2)).reshape(len(x0), -1).sum(-1)
+        half = 1.0 / (self.num_levels - 1)  # half a bin in [-1, 1]
+        v = x0.double()
+        inv_sd = 1 / torch.sqrt(sigma2)
+        lo = torch.where(v < -1 + half / 2, -math.inf, (v - half - mean) * inv_sd)
+        hi = torch.where(v > 1 - half / 2, math.inf, (v + half - mean) * inv_sd)
+        return -log_normal_cdf_diff(lo, hi).reshape(len(x0), -1).sum(-1)
+
+    def bound_strata(self, n: int, num_timesteps: int | None, device) -> tuple[Tensor, Tensor]:
+        """Timesteps t (n, K) in 2..T and weights (n, K) for sum_{t=2}^T L_{t-1} ~ sum_k w_k L_{t_k - 1}:
+        all of them with weight 1, or one uniform draw per stratum weighted by the stratum size."""
+        T = self.timesteps
+        if num_timesteps is None or num_timesteps >= T - 1:
+            t = torch.arange(2, T + 1, device=device).expand(n, T - 1)
+            return t, torch.ones(n, T - 1, dtype=torch.float64, device=device)
+        edges = torch.tensor(self.strata_edges(num_timesteps), device=device)  # (K+1,)
+        sizes = edges[1:] - edges[:-1]  # (K,), each >= 1
+        u = torch.rand(n, len(sizes), device=device, dtype=torch.float64)
+        t = edges[:-1] + torch.floor(u * sizes).long()  # (n, K)
+        return t, sizes.to(torch.float64).expand(n, len(sizes))
+
+    def strata_edges(self, K: int) -> list[int]:
+        """K + 1 increasing edges from 2 to T + 1 (stratum k is edges[k] <= t < edges[k+1]), spaced
+        geometrically: the terms L_{t-1} are largest and vary fastest at small t, so the first
+        strata are single timesteps (summed exactly) and later ones wide."""
+        T = self.timesteps
+        edges = [2]
+        for k in range(1, K):
+            target = round(2 * ((T + 1) / 2) ** (k / K))
+            edges.append(min(max(edges[-1] + 1, target), T + 1 - (K - k)))
+        return edges + [T + 1]
+
+    def elbo(self, x: Tensor, num_timesteps: int | None = None, net: nn.Module | None = None) -> Tensor:
+        """(*batch, *event_shape) -> (*batch,): one draw of the ELBO estimator (see the module doc),
+        in the density of the model's representation (images: + D log L)."""
+        batch_shape = self.validate_sample(x)
+        x0 = self.to_model_space(x.reshape(-1, *self.event_shape))  # (N, *event)
+        N = len(x0)
+        total = -(self.prior_kl(x0) + self.decoder_nll(x0, net))  # (N,) float64
+        if self.timesteps >= 2 and N > 0:
+            t, w = self.bound_strata(N, num_timesteps, x0.device)  # (N, K) each
+            rows = torch.arange(N, device=x0.device).repeat_interleave(t.shape[1])  # (N K,)
+            t, w = t.reshape(-1), w.reshape(-1)
+            for start in range(0, len(rows), self.eval_chunk):
+                sl = slice(start, start + self.eval_chunk)
+                kl = self.kl_terms(x0[rows[sl]], t[sl], net)  # (chunk,)
+                total = total.index_add(0, rows[sl], -w[sl] * kl)
+        if self.is_image:
+            total = total + self.data_spec.dims * math.log(self.num_levels)
+        return total.to(self.dtype).reshape(batch_shape)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """(*batch, *event_shape) -> (*batch,): the ELBO with ``bound_timesteps`` KL terms."""
+        return self.elbo(x, self.bound_timesteps)
+
+    def likelihood_description(self) -> str:
+        T, K = self.timesteps, self.bound_timesteps
+        decoder = (f"discretised Gaussian decoder over {self.num_levels} levels: a bound on the discrete "
+                   "log P(k), no dequantisation gap" if self.is_image else "Gaussian decoder density")
+        if K is None or K >= T - 1:
+            how = f"all T={T} terms summed"
+        else:
+            how = (f"unbiased Monte-Carlo estimate over {K} of the {T - 1} KL terms L_1..L_{T - 1} "
+                   "(one t per geometrically spaced stratum)")
+        return f"ELBO (Ho et al. 2020), {how}, one draw of x_t per term; {decoder}"
+
+    def configure_evaluation(self, eval_config: dict) -> None:
+        if eval_config.get("iw_samples") is not None:
+            raise ConfigError("diffusion: eval.iw_samples has no meaning for the diffusion ELBO (it is not an "
+                              "importance-weighted bound); the number of timesteps in the bound is the model "
+                              "setting bound_timesteps (null = all T)")
+
+    # ---- sampling ---------------------------------------------------------------------------------------
+    def sampling_timesteps(self, steps: int | None) -> list[int]:
+        """The decreasing timesteps the sampler visits: T..1, or S of them evenly spaced (T and 1 included)."""
+        T = self.timesteps
+        if steps is None or steps >= T:
+            return list(range(T, 0, -1))
+        taus = torch.linspace(1, T, max(steps, 1), dtype=torch.float64).round().long().unique().tolist()
+        return sorted(set(taus) | {T}, reverse=True)
+
+    @torch.no_grad()
+    def denoise(self, x_T: Tensor, sampler: str | None = None, steps: int | None = -1,
+                eta: float | None = None) -> Tensor:
+        """Run the reverse process from x_T (N, *event) to x0_theta(x_1), the mean of the decoder
+        p(x_0 | x_1) (for DDIM: its final prediction). Noise comes from torch's global generator,
+        drawn only at steps that add noise (none at all for DDIM with eta = 0)."""
+        sampler = sampler or self.sampler
+        steps = self.sample_steps if steps == -1 else steps
+        eta = self.ddim_eta if eta is None else eta
+        net, x = self.denoiser, x_T
+        taus = self.sampling_timesteps(steps)
+        for i, t_int in enumerate(taus):
+            prev = taus[i + 1] if i + 1 < len(taus) else 0
+            t = torch.full((len(x),), t_int, dtype=torch.long, device=x.device)
+            eps = self.eps(net, x, t)
+            ab_t, ab_p = self.alphas_bar[t_int], self.alphas_bar[prev]
+            x0 = self.predict_x0(x, t, eps)
+            if self.clip_denoised:  # the noise that is consistent with the clipped x0
+                eps = (x - torch.sqrt(ab_t).to(x.dtype) * x0) / torch.sqrt(1 - ab_t).to(x.dtype)
+            if prev == 0:
+                return x0
+            beta = 1 - ab_t / ab_p  # (respaced) beta of this step
+            post = (1 - ab_p) / (1 - ab_t) * beta
+            if sampler == "ancestral":
+                var = beta if self.variance == "beta" else post
+                if self.clip_denoised:
+                    mean = (torch.sqrt(ab_p) * beta / (1 - ab_t)).to(x.dtype) * x0 + \
+                        (torch.sqrt(1 - beta) * (1 - ab_p) / (1 - ab_t)).to(x.dtype) * x
+                else:
+                    mean = (x - (beta / torch.sqrt(1 - ab_t)).to(x.dtype) * eps) / torch.sqrt(1 - beta).to(x.dtype)
+            elif sampler == "ddim":
+                var = eta**2 * post
+                mean = torch.sqrt(ab_p).to(x.dtype) * x0 + torch.sqrt((1 - ab_p - var).clamp_min(0)).to(x.dtype) * eps
+            else:
+                raise ValueError(f"diffusion: sampler must be one of {SAMPLERS}, got {sampler!r}")
+            x = mean + torch.sqrt(var).to(x.dtype) * torch.randn_like(x) if float(var) > 0 else mean
+        return x  # pragma: no cover - the loop always returns at t = 1
+
+    @torch.no_grad()
+    def _generate(self, n: int) -> Tensor:
+        x_T = torch.randn(n, *self.event_shape, device=self.device, dtype=self.dtype)
+        return self.denoise(x_T)
+
+    def sample(self, sample_shape: int | Sequence[int] | torch.Size = torch.Size()) -> Tensor:
+        """Draws in the data's representation: 2-D points, or dequantised images in [0, 1)."""
+        shape = as_sample_shape(sample_shape)
+        n = math.prod(shape)
+        with torch.no_grad():
+            x0 = self._generate(n)  # (n, *event) decoder mean / DDIM output
+            if self.sampler == "ancestral":  # the decoder draw p(x_0 | x_1)
+                x0 = x0 + torch.sqrt(self.sigma2[1]).to(x0.dtype) * torch.randn_like(x0)
+            x = self.levels_to_data(x0) if self.is_image else x0
+        return x.reshape(*shape, *self.event_shape)
+
+    def sample_for_display(self, n: int) -> Tensor:
+        """Images show the decoder mean x0_theta(x_1) mapped to [0, 1] (no decoder or dequantisation
+        noise), the usual DDPM pictures; 2-D data get true samples."""
+        if not self.is_image:
+            return self.sample((n,))
+        return ((self._generate(n).clamp(-1, 1) + 1) / 2).reshape(n, *self.event_shape)
