@@ -123,8 +123,11 @@ class RealNVP(GenerativeModel):
         return u, torch.where(inside, log_det, torch.full_like(log_det, -math.inf))
 
     def _from_logit(self, u: Tensor) -> Tensor:
-        a = self.logit_alpha
-        return (torch.sigmoid(u) - a) / (1 - 2 * a)
+        """The inverse map. sigmoid(u) is kept within [eps, 1 - eps] of its float type, which only
+        matters where it would round to exactly 0 or 1 (|u| > 16 in float32): such a sample would
+        land on the edge of the support, where log_prob is -inf."""
+        a, eps = self.logit_alpha, torch.finfo(u.dtype).eps
+        return (torch.sigmoid(u).clamp(eps, 1 - eps) - a) / (1 - 2 * a)
 
     # ---- the bijection ---------------------------------------------------------------------------
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
