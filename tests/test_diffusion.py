@@ -236,13 +236,18 @@ def test_ddim_with_eta_one_and_all_steps_is_the_ancestral_sampler():
     torch.manual_seed(8)
     ddim = model.denoise(x_T, sampler="ddim", steps=None, eta=1.0)
     torch.testing.assert_close(ddim, ancestral, rtol=1e-7, atol=1e-9)
-    model = gaussian_model(0.5, 100, variance="beta")
+    # statistics: for T = 1000 both variance choices are close to the true reverse kernels, so every
+    # sampler reproduces N(0, 0.5^2 I) (at T = 100, sigma_t^2 = beta~_t gives a std about 6% low)
+    model = gaussian_model(0.5, 1000, variance="beta")
     torch.manual_seed(9)
+    stds = {}
     for sampler, eta in (("ancestral", 0.0), ("ddim", 1.0), ("ddim", 0.0)):
         model.sampler, model.ddim_eta = sampler, eta
-        s = model.sample(4000)
-        assert s.mean(0).abs().max() < 4 * 0.5 / math.sqrt(4000), (sampler, eta)
-        assert torch.allclose(s.std(0), torch.full((2,), 0.5, dtype=s.dtype), rtol=0.06), (sampler, eta, s.std(0))
+        s = model.sample(10000)
+        assert s.mean(0).abs().max() < 4 * 0.5 / math.sqrt(10000), (sampler, eta)
+        stds[sampler, eta] = s.std(0)
+        assert torch.allclose(s.std(0), torch.full((2,), 0.5, dtype=s.dtype), rtol=0.05), (sampler, eta, s.std(0))
+    assert torch.allclose(stds["ddim", 1.0], stds["ancestral", 0.0], rtol=0.04)
 
 
 def test_ddim_with_clipping_and_eta_one_is_ancestral_for_images():
