@@ -12,10 +12,16 @@ SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+# pytest-xdist runs one worker per core: one intra-op thread each, or they fight over the cores
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
 
 def zoo_env(**extra) -> dict:
     env = dict(os.environ)
-    env.update({"WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "ZOO_DATA_DIR": str(SHARED_MNIST.parent)})
+    env.update({"WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "ZOO_DATA_DIR": str(SHARED_MNIST.parent),
+                "OMP_NUM_THREADS": "1"})
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

@@ -21,7 +21,6 @@ from conftest import REPO, run_zoo, zoo_env
 from zoo_core.data.spec import DataSpec
 from zoo_flow import RealNVP
 
-ENTRIES = REPO / "plugins" / "zoo_flow" / "entries.yaml"
 CONTINUOUS = DataSpec("toy-2d", (2,), "continuous").to_dict()
 PIXELS2 = DataSpec("two-pixels", (1, 1, 2), "dequantized", num_levels=4).to_dict()
 IMAGES = DataSpec("tiny-images", (1, 4, 4), "dequantized", num_levels=17).to_dict()
@@ -216,7 +215,7 @@ def test_binarized_entry_is_refused_with_a_hint(tmp_path):
 def test_two_process_ddp_keeps_replicas_identical(tmp_path):
     result = run_zoo("train", "flow-moons", "--accelerator", "cpu", "--devices", "2", "--max-steps", "10",
                      "--set", "data.n_train=2000", "--runs-dir", tmp_path, "--no-progress",
-                     env=zoo_env(ZOO_REGISTRY=ENTRIES))
+                     env=zoo_env())
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "flow-moons" / "version_0" / "metrics.json").read_text())
     ddp = metrics["ddp"]

@@ -232,6 +232,14 @@ def _shared_run_dir(run_dir: Path):
             os.environ[RUN_DIR_ENV] = previous
 
 
+def _share_cpu_cores(trainer: pl.Trainer) -> None:
+    """Several CPU processes on one machine: split the cores between them (as torchrun does),
+    unless the user set OMP_NUM_THREADS. Oversubscribed intra-op threads can be 10x slower."""
+    if trainer.strategy.root_device.type != "cpu" or trainer.num_devices < 2 or "OMP_NUM_THREADS" in os.environ:
+        return
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // trainer.num_devices))
+
+
 def _write_json(path: Path, payload: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
@@ -306,6 +314,7 @@ def train(entry: str, opts: RunOptions | None = None) -> dict:
     run_dir = _claim_run_dir(runs_root(opts) / entry, resume_dir)
     with _shared_run_dir(run_dir):
         trainer = build_trainer(opts, config, run_dir, training=True)
+        _share_cpu_cores(trainer)
         if trainer.is_global_zero:
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         start = time.perf_counter()
