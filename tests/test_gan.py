@@ -28,7 +28,6 @@ from zoo_core.errors import NoLikelihoodError, TrainingDiverged
 from zoo_gan import GAN
 from zoo_gan.model import game_value, gradient_penalty
 
-ENTRIES = Path(zoo_gan.__file__).resolve().parent / "entries.yaml"
 TOY = DataSpec("toy-2d", (2,), "continuous").to_dict()
 BINARY = DataSpec("tiny-binary", (1, 8, 8), "binarized").to_dict()
 DEQUANTIZED = DataSpec("tiny-images", (1, 8, 8), "dequantized", num_levels=17).to_dict()
@@ -291,14 +290,20 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
     torch.testing.assert_close(loaded.loss(x), expected, rtol=0, atol=0)
 
 
-def test_two_process_ddp_keeps_weights_and_buffers_identical(tmp_path):
-    """gan-digits with BatchNorm in G and spectral norm in D (hinge): the digest covers every buffer."""
-    result = run_zoo("train", "gan-digits", "--accelerator", "cpu", "--devices", "2", "--max-steps", "12",
-                     "--set", "model.objective=hinge", "--set", "model.width=8", "--set", "model.d_steps=2",
-                     "--runs-dir", tmp_path, "--no-progress", env=zoo_env(ZOO_REGISTRY=ENTRIES, OMP_NUM_THREADS=1))
+@pytest.mark.parametrize("entry,overrides", [
+    ("gan-moons", []),  # the default entry: MLPs, no buffers but the schedule counter
+    # conv nets: BatchNorm running statistics in G, spectral norm's u and v in D (hinge), k = 2
+    ("gan-digits", ["model.objective=hinge", "model.width=8", "model.d_steps=2"]),
+])
+def test_two_process_ddp_keeps_weights_and_buffers_identical(tmp_path, entry, overrides):
+    """Two CPU processes (gloo): every rank ends with the same state_dict digest, buffers included."""
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    result = run_zoo("train", entry, "--accelerator", "cpu", "--devices", "2", "--max-steps", "12", *sets,
+                     "--runs-dir", tmp_path, "--no-progress", env=zoo_env(OMP_NUM_THREADS=1))
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((tmp_path / "gan-digits" / "version_0" / "metrics.json").read_text())
+    run_dir = tmp_path / entry / "version_0"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     ddp = metrics["ddp"]
     assert ddp["world_size"] == 2 and ddp["identical"], ddp
     assert metrics["steps"] == 12 and metrics["likelihood"] == "none"
-    assert (tmp_path / "gan-digits" / "version_0" / "samples.png").is_file()
+    assert (run_dir / "samples.png").is_file()

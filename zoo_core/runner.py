@@ -129,15 +129,18 @@ def build_trainer(opts: RunOptions, config: dict, run_dir: Path | None, *, train
     loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="logs")]
     if opts.wandb:
         loggers.append(_wandb_logger(config, run_dir))
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:03d}-step{step}",
-                                 auto_insert_metric_name=False, save_last=True, save_top_k=1,
-                                 monitor="val/loss", mode="min")
+    # Two callbacks: Lightning 2.6 writes save_last's last.ckpt only when the monitored top-k file
+    # is saved too, which would make "last" the best; here last.ckpt is always the latest epoch.
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename=LAST.removesuffix(".ckpt"), monitor=None,
+                           save_top_k=1, enable_version_counter=False)
+    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}-step{step}",
+                           auto_insert_metric_name=False, save_top_k=1, monitor="val/loss", mode="min")
     return pl.Trainer(
         max_epochs=train["max_epochs"] if train["max_epochs"] is not None else -1,
         max_steps=train["max_steps"], gradient_clip_val=train["gradient_clip_val"],
         log_every_n_steps=train["log_every_n_steps"], check_val_every_n_epoch=train["check_val_every_n_epoch"],
         limit_train_batches=train["limit_train_batches"], default_root_dir=run_dir, logger=loggers,
-        callbacks=[checkpoint], **kwargs)
+        callbacks=[last, best], **kwargs)
 
 
 def _wandb_logger(config: dict, run_dir: Path):

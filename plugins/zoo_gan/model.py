@@ -136,8 +136,10 @@ def gradient_penalty(critic, real: Tensor, fake: Tensor, eps: Tensor | None = No
 
 
 class GAN(GenerativeModel):
-    """Generative adversarial network (Goodfellow et al. 2014) with MLP or DCGAN networks and a
-    non-saturating, minimax, hinge (+ spectral norm) or WGAN-GP objective.
+    """Generative adversarial network (Goodfellow et al. 2014): MLP or DCGAN nets, no likelihood.
+
+    Objectives: non-saturating (default), minimax, hinge with spectral norm (Miyato et al. 2018),
+    WGAN-GP (Gulrajani et al. 2017); see the module docstring.
 
     Args:
         data, optim: see :class:`GenerativeModel`; ``optim`` (name, lr, betas, weight_decay) sets
