@@ -30,7 +30,6 @@ from zoo_core.testing import ConformanceCase, FamilyConformance
 from zoo_diffusion import DDPM
 from zoo_diffusion.model import log_normal_cdf_diff, make_betas
 
-ENTRIES = Path(__file__).resolve().parents[1] / "plugins" / "zoo_diffusion" / "entries.yaml"
 TOY = DataSpec("toy-2d", (2,), "continuous").to_dict()
 DIGITS = DataSpec("tiny-digits", (1, 8, 8), "dequantized", num_levels=17).to_dict()
 
@@ -365,7 +364,7 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
     result = run_zoo("train", "diffusion-moons", "--accelerator", "cpu", "--devices", "2", "--max-steps", "10",
                      "--set", "data.n_train=2000", "--set", "data.n_val=500", "--set", "data.n_test=500",
                      "--set", "model.timesteps=20", "--set", "model.bound_timesteps=4",
-                     "--runs-dir", tmp_path, "--no-progress", env=zoo_env(ZOO_REGISTRY=ENTRIES))
+                     "--runs-dir", tmp_path, "--no-progress", env=zoo_env())
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "diffusion-moons" / "version_0" / "metrics.json").read_text())
     ddp = metrics["ddp"]
