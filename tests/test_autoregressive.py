@@ -26,7 +26,6 @@ import zoo_autoregressive
 from conftest import run_zoo, zoo_env
 from zoo_core.data.spec import DataSpec
 
-ENTRIES = PLUGINS / "zoo_autoregressive" / "entries.yaml"
 
 
 @pytest.fixture(autouse=True)
@@ -337,7 +336,7 @@ def test_plugin_and_hyperparameters():
 
 
 def test_two_process_ddp_training(tmp_path):
-    env = zoo_env(ZOO_REGISTRY=ENTRIES, OMP_NUM_THREADS=1,
+    env = zoo_env(OMP_NUM_THREADS=1,
                   PYTHONPATH=os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])))
     result = run_zoo("train", "autoregressive-moons", "--accelerator", "cpu", "--devices", "2", "--max-steps", "20",
                      "--set", "data.n_train=4000", "--set", "data.n_val=1000", "--set", "data.n_test=1000", "--runs-dir", tmp_path, "--no-progress", env=env)

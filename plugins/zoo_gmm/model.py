@@ -21,6 +21,8 @@ COVARIANCES = ("full", "diag")
 
 
 class GMM(GenerativeModel):
+    """Gaussian mixture (full or diagonal covariances), maximum likelihood by gradient descent."""
+
     family = "gmm"
     likelihood = "exact"
 
