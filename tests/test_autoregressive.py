@@ -28,15 +28,6 @@ from zoo_core.data.spec import DataSpec
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is as fast, and far faster on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def spec(shape, representation="binarized") -> dict:
     return DataSpec("test", tuple(shape), representation, 256 if representation == "dequantized" else None).to_dict()
 

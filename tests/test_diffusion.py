@@ -34,14 +34,6 @@ TOY = DataSpec("toy-2d", (2,), "continuous").to_dict()
 DIGITS = DataSpec("tiny-digits", (1, 8, 8), "dequantized", num_levels=17).to_dict()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def mean_and_se(v: torch.Tensor) -> tuple[float, float]:
     v = v.double()
     return v.mean().item(), (v.std() / math.sqrt(v.numel())).item()

@@ -17,7 +17,7 @@ except ImportError:  # an uninstalled checkout: the package lives under plugins/
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
     import zoo_flow
 
-from conftest import REPO, run_zoo, zoo_env
+from conftest import run_zoo, zoo_env
 from zoo_core.data.spec import DataSpec
 from zoo_flow import RealNVP
 
@@ -25,14 +25,6 @@ CONTINUOUS = DataSpec("toy-2d", (2,), "continuous").to_dict()
 PIXELS2 = DataSpec("two-pixels", (1, 1, 2), "dequantized", num_levels=4).to_dict()
 IMAGES = DataSpec("tiny-images", (1, 4, 4), "dequantized", num_levels=17).to_dict()
 BINARY = DataSpec("tiny-binary", (1, 4, 4), "binarized").to_dict()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_data(spec: dict, n: int, seed: int) -> torch.Tensor:

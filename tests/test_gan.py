@@ -34,15 +34,6 @@ DEQUANTIZED = DataSpec("tiny-images", (1, 8, 8), "dequantized", num_levels=17).t
 MU = 1.5  # p_data = N(0, I_2), p_g = N((MU, 0), I_2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is as fast, and far faster on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Shift(nn.Module):
     """A fixed generator: G(z) = z + (MU, 0), so p_g = N((MU, 0), I) for z ~ N(0, I_2)."""
 

@@ -14,7 +14,6 @@ import json
 import math
 import re
 import shutil
-import sys
 
 import pytest
 

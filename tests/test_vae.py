@@ -25,16 +25,6 @@ DEQUANTIZED = DataSpec("tiny-images", (1, 8, 8), "dequantized", num_levels=256).
 SPECS = {"binarized": BINARY, "continuous": CONTINUOUS, "dequantized": DEQUANTIZED}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is as fast, and far faster when other processes
-    compete for the cores (busy-waiting thread pools slow down by orders of magnitude)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_data(spec: dict, n: int, generator: torch.Generator) -> torch.Tensor:
     shape = (n, *spec["event_shape"])
     if spec["representation"] == "binarized":
