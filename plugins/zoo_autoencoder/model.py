@@ -22,7 +22,7 @@ from torch import Tensor
 
 from zoo_core.model import GenerativeModel, as_sample_shape
 from zoo_gmm import GMM
-from zoo_vae.model import ACTIVATIONS, mlp
+from zoo_core.nn import ACTIVATIONS, mlp
 
 LATENT_FIT_EXAMPLES = 10000
 

@@ -42,8 +42,9 @@ import torch
 from torch import Tensor, nn
 
 from zoo_core.model import GenerativeModel, as_sample_shape
+from zoo_core.nn import ACTIVATIONS
 
-from .nets import ACTIVATIONS, MASKS, ActNorm, AffineCoupling, coupling_masks
+from .nets import MASKS, ActNorm, AffineCoupling, coupling_masks
 
 LOG_2PI = math.log(2 * math.pi)
 

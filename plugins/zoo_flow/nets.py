@@ -11,18 +11,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "silu": nn.SiLU, "gelu": nn.GELU}
+from zoo_core.nn import mlp
+
 MASKS = ("checkerboard", "half", "random")
-
-
-def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
-    """Linear layers between consecutive sizes, ``activation`` after every layer but the last."""
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            layers.append(ACTIVATIONS[activation]())
-    return nn.Sequential(*layers)
 
 
 def coupling_masks(event_shape: Sequence[int], n_couplings: int, kind: str, seed: int) -> list[Tensor]:

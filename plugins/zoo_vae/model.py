@@ -38,23 +38,13 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from zoo_core.model import GenerativeModel, as_sample_shape, gaussian_log_prob
+from zoo_core.nn import ACTIVATIONS, mlp
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU}
 LOG_VAR_MIN, LOG_VAR_MAX = -7.0, 2.0
 LOG_2PI = math.log(2 * math.pi)
-
-
-def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
-    """Linear layers between consecutive sizes, ``activation`` after every layer but the last."""
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            layers.append(ACTIVATIONS[activation]())
-    return nn.Sequential(*layers)
 
 
 def standard_normal_log_prob(z: Tensor) -> Tensor:
