@@ -21,13 +21,12 @@ import json
 import math
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from isolated import REPO, explain, run
+from isolated import REPO, explain, run, venv_with
 SKIP_PARTS = {".git", "runs", "build", "dist", "wandb", "lightning_logs", "__pycache__", ".pytest_cache",
               ".hypothesis"}
 
@@ -52,13 +51,8 @@ def installed(tmp_path_factory):
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, src / rel)
     assert (src / "registry.yaml").is_file() and (src / "setup.py").is_file()
-    env_dir = root / "venv"
-    proc = run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", env_dir], cwd=root)
-    assert proc.returncode == 0, explain(proc)
-    python = env_dir / "bin" / "python"
-    proc = run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-                 "--no-cache-dir", "-q", src], cwd=root)
-    assert proc.returncode == 0, explain(proc)
+    python = venv_with(src, root)
+    env_dir = python.parent.parent
     work = root / "work"
     work.mkdir()
     return {"python": python, "venv": env_dir, "src": src, "work": work}
