@@ -11,6 +11,9 @@ SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# One cache for the session, its xdist workers and the CLI subprocesses (they inherit it): the feature
+# classifiers of the frechet / precision_recall metrics are trained once (file-locked), then loaded.
+os.environ.setdefault("ZOO_CACHE_DIR", str(REPO / ".pytest_cache" / "zoo"))
 
 # pytest-xdist runs one worker per core: one intra-op thread each, or they fight over the cores
 import torch  # noqa: E402

@@ -1,9 +1,10 @@
 """The conformance kit over every registry entry whose data needs no files (timm-style)."""
 import pytest
+import torch
 
 from zoo_core.plugins import get_plugins
 from zoo_core.registry import Registry
-from zoo_core.testing import CHECKS, case_from_config
+from zoo_core.testing import CHECKS, DEVICE_ENV, case_from_config, conformance_device
 
 FILE_FREE = {"moons", "8gaussians", "checkerboard", "rings", "spirals", "digits"}
 
@@ -32,3 +33,25 @@ def test_every_family_has_a_file_free_entry():
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_conformance(entry, check):
     CHECKS[check](_case(entry))
+
+
+def test_checks_run_on_the_device_named_by_zoo_test_device(monkeypatch):
+    """ZOO_TEST_DEVICE picks the device of the case's data and models (cpu when unset)."""
+    monkeypatch.delenv(DEVICE_ENV, raising=False)
+    case = case_from_config(Registry().resolve("gmm-moons"), batch=64)
+    assert case.device == torch.device("cpu") and case.data.device == torch.device("cpu")
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    case = case_from_config(Registry().resolve("gmm-moons"), batch=64)
+    assert case.device == torch.device("cpu")
+    assert all(p.device == case.device for p in case.model().parameters())
+
+
+def test_zoo_test_device_refuses_unknown_and_absent_devices(monkeypatch):
+    for bad in ("tpu", "cuda:x", "mps"):
+        monkeypatch.setenv(DEVICE_ENV, bad)
+        with pytest.raises(ValueError, match=DEVICE_ENV):
+            conformance_device()
+    if not torch.cuda.is_available():  # a GPU check must fail without a GPU, not quietly run on the CPU
+        monkeypatch.setenv(DEVICE_ENV, "cuda")
+        with pytest.raises(RuntimeError, match="cuda.is_available"):
+            conformance_device()

@@ -120,3 +120,192 @@ def test_every_hook_is_documented():
     for name in HOOKS:
         fn = getattr(hookspecs, name)
         assert fn.__doc__ and "register" in fn.__doc__, name
+
+
+# ---- plugins whose model breaks the interface -------------------------------------------------------
+BAD_SHAPES_SOURCE = """
+import torch
+from zoo_core import GenerativeModel, hookimpl
+from zoo_core.model import as_sample_shape
+
+__version__ = "0.3.0"
+
+
+class _Gaussian(GenerativeModel):
+    '''A unit Gaussian with a learned mean; subclasses break one part of the interface.'''
+    likelihood = "exact"
+
+    def __init__(self, data, optim=None):
+        super().__init__(data, optim)
+        self.mean = torch.nn.Parameter(torch.zeros(self.event_shape))
+
+    def _log_prob(self, x):
+        batch = self.validate_sample(x)
+        z = (x - self.mean).reshape(*batch, -1)
+        return -0.5 * (z ** 2).sum(-1) - 0.5 * z.shape[-1] * 1.8378770664093453  # (*batch,)
+
+    def log_prob(self, x):
+        return self._log_prob(x)
+
+    def loss(self, x):
+        return -self._log_prob(x).mean()
+
+    def sample(self, sample_shape=()):
+        shape = as_sample_shape(sample_shape)
+        return self.mean + torch.randn(*shape, *self.event_shape)
+
+
+class ColumnLogProb(_Gaussian):
+    '''log_prob returns (batch, 1).'''
+    family = "bad_column"
+
+    def log_prob(self, x):
+        return self._log_prob(x)[..., None]
+
+
+class ScalarLogProb(_Gaussian):
+    '''log_prob returns the batch mean (a scalar).'''
+    family = "bad_scalar"
+
+    def log_prob(self, x):
+        return self._log_prob(x).mean()
+
+
+class FlatSamples(_Gaussian):
+    '''sample returns (n * D,) instead of (n, D).'''
+    family = "bad_sample"
+
+    def sample(self, sample_shape=()):
+        return super().sample(sample_shape).reshape(-1)
+
+
+@hookimpl
+def register_families(register):
+    for cls in (ColumnLogProb, ScalarLogProb, FlatSamples):
+        register(cls)
+
+
+@hookimpl
+def register_entries(register):
+    for family in ("bad_column", "bad_scalar", "bad_sample"):
+        register(family + "-moons", {"family": family, "data": {"name": "moons", "n_train": 400, "n_val": 200,
+                                                                 "n_test": 200},
+                                     "train": {"max_steps": 2, "batch_size": 200},
+                                     "eval": {"quality_samples": 50, "num_samples": 16}})
+"""
+
+
+@pytest.fixture(scope="module")
+def bad_shapes_site(tmp_path_factory):
+    site = tmp_path_factory.mktemp("badsite")
+    make_dist(site, "zoo-bad-shapes", "bad_shapes_plugin", BAD_SHAPES_SOURCE)
+    return site
+
+
+@pytest.fixture
+def bad_shapes_plugins(monkeypatch):
+    """The bad-shapes plugin registered in-process as the process-wide catalogue."""
+    from zoo_core import plugins as plugins_module
+
+    module = types.ModuleType("bad_shapes_plugin")
+    exec(compile(BAD_SHAPES_SOURCE, "bad_shapes_plugin.py", "exec"), module.__dict__)
+    catalogue = ZooPlugins(extra_plugins={"bad_shapes_plugin": module})
+    monkeypatch.setattr(plugins_module, "_PLUGINS", catalogue)
+    return catalogue
+
+
+@pytest.mark.parametrize("family, expected", [
+    ("bad_column", r"log_prob returned shape \(200, 1\) for data of shape \(200, 2\); expected \(200,\)"),
+    ("bad_scalar", r"log_prob returned shape \(\) for data of shape \(200, 2\); expected \(200,\)"),
+    ("bad_sample", r"sample\(\(50,\)\) returned shape \(100,\); expected \(50, 2\)"),
+])
+def test_interface_violation_is_named_when_trained(bad_shapes_plugins, tmp_path, family, expected):
+    """Training validates log_prob (validation step) and evaluation validates samples (sample quality)."""
+    from zoo_core.errors import PluginError
+    from zoo_core.runner import RunOptions, train
+
+    assert not bad_shapes_plugins.problems()
+    opts = RunOptions(runs_dir=str(tmp_path), progress=False, accelerator="cpu")
+    with pytest.raises(PluginError, match=rf"^plugin 'bad_shapes_plugin', family '{family}': {expected}") as info:
+        train(f"{family}-moons", opts)
+    assert "\n" not in str(info.value)
+
+
+def test_interface_violation_in_the_nll_metric(bad_shapes_plugins):
+    """The NLL metric refuses a (batch, 1) log_prob instead of averaging it (the test loop's boundary)."""
+    import torch
+
+    from zoo_core.errors import PluginError
+    from zoo_core.metrics.nll import NLL
+
+    spec = {"name": "moons", "event_shape": [2], "representation": "continuous"}
+    good = bad_shapes_plugins.family("bad_sample")(spec)  # a correct log_prob
+    metric = NLL()
+    metric.reset()
+    metric.update(good, torch.zeros(7, 2))
+    assert metric.compute(good)["num_examples"] == 7
+    bad = bad_shapes_plugins.family("bad_column")(spec)
+    with pytest.raises(PluginError, match=r"family 'bad_column': log_prob returned shape \(7, 1\)"):
+        metric.update(bad, torch.zeros(7, 2))
+
+
+def test_interface_violation_through_the_cli(bad_shapes_site):
+    """An installed plugin: the error names plugin, distribution and family on one line; 'zoo list'
+    and the other families keep working."""
+    env = zoo_env(PYTHONPATH=bad_shapes_site)
+    listing = run_zoo("list", env=env)
+    assert listing.returncode == 0, listing.stderr
+    for family in ("bad_column", "bad_scalar", "bad_sample", "gmm", "flow"):
+        assert f"  {family} " in listing.stdout
+    assert "warning" not in listing.stderr, listing.stderr
+    result = run_zoo("train", "bad_column-moons", "--runs-dir", bad_shapes_site / "runs", "--no-progress",
+                     "--accelerator", "cpu", env=env)
+    assert result.returncode == 1
+    lines = [l for l in result.stderr.splitlines() if l.startswith("zoo: ")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("zoo: error: plugin 'bad_shapes_plugin' (distribution zoo-bad-shapes 0.3.0), "
+                               "family 'bad_column': log_prob returned shape (200, 1)"), lines[0]
+
+
+def test_other_families_train_beside_a_bad_plugin(bad_shapes_plugins, tmp_path):
+    from zoo_core.runner import RunOptions, train
+
+    opts = RunOptions(runs_dir=str(tmp_path), progress=False, accelerator="cpu", max_steps=2,
+                      overrides=["data.n_train=400", "data.n_val=200", "data.n_test=200", "eval.quality_samples=50"])
+    metrics = train("gmm-moons", opts)
+    assert metrics["steps"] == 2 and metrics["test"]["num_examples"] == 200
+
+
+def test_valid_duplicates_of_every_kind_never_replace_builtins():
+    """Well-formed registrations that reuse a built-in name (family, dataset, metric, registry entry)
+    are refused and reported; the built-ins stay."""
+    from zoo_core.data.toy import MoonsDataModule
+    from zoo_core.metrics.nll import NLL
+    from zoo_core.registry import Registry
+    from zoo_gmm import GMM
+
+    class FakeMoons(MoonsDataModule):
+        pass
+
+    class FakeNLL(NLL):
+        pass
+
+    class Impostor(GMM):
+        family = "gmm"
+
+    module = _module(
+        "aaa_first",  # sorts before every built-in plugin name: order must not matter
+        register_families=lambda register: register(Impostor),
+        register_datasets=lambda register: register("moons", FakeMoons),
+        register_metrics=lambda register: register("nll", FakeNLL),
+        register_entries=lambda register: register("gmm-moons", {"family": "gmm", "data": {"name": "rings"}}))
+    plugins = ZooPlugins(extra_plugins={"aaa_first": module})
+    assert plugins.families["gmm"].obj is GMM
+    assert plugins.datasets["moons"].obj is MoonsDataModule
+    assert plugins.metrics["nll"].obj is NLL
+    assert Registry(plugins=plugins).resolve("gmm-moons")["data"]["name"] == "moons"
+    problems = "\n".join(plugins.problems())
+    for kind, name, owner in (("family", "gmm", "gmm"), ("dataset", "moons", "core"), ("metric", "nll", "core")):
+        assert f"plugin 'aaa_first': register_{'families' if kind == 'family' else kind + 's'}: {kind} '{name}' " \
+               f"is already registered by plugin '{owner}'" in problems, problems
+    assert "entry 'gmm-moons' already exists in" in problems

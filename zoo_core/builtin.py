@@ -18,8 +18,14 @@ def register_datasets(register):
 
 @hookimpl
 def register_metrics(register):
+    from zoo_core.metrics.frechet import FrechetDistance
     from zoo_core.metrics.nll import NLL
+    from zoo_core.metrics.precision_recall import PrecisionRecall
+    from zoo_core.metrics.reconstruction import Reconstruction
     from zoo_core.metrics.sample_quality import SampleQuality
 
     register("nll", NLL)
     register("sample_quality", SampleQuality)
+    register("frechet", FrechetDistance)
+    register("precision_recall", PrecisionRecall)
+    register("reconstruction", Reconstruction)

@@ -20,6 +20,11 @@ LAST = "last.ckpt"
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
     """RUN_DIR or a .ckpt file -> (checkpoint file, run directory or None)."""
     p = Path(path)
+    from zoo_core.export import WEIGHTS, export_dir_of
+
+    export_dir = export_dir_of(p)
+    if export_dir is not None:  # a 'zoo export' directory: its weights file, and no run directory
+        return export_dir / WEIGHTS, None
     if p.is_dir():
         ckpt = p / "checkpoints" / LAST
         if not ckpt.is_file():
@@ -35,11 +40,14 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
 def read_checkpoint(path: str | Path) -> dict:
     """torch.load with weights_only=True; a one-line CheckpointError for anything unreadable."""
     path = Path(path)
+    if path.suffix == ".safetensors":
+        raise CheckpointError(f"{path}: a zoo export holds the weights only (no optimiser or trainer state), so it "
+                              f"cannot be resumed; use the run directory or a .ckpt file")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
+        if "Unsupported global" in str(exc) or "GLOBAL" in str(exc):  # a class or callable, not data
             raise CheckpointError(f"{path}: refused to load: the checkpoint contains Python objects that could run "
                                   f"code, and the zoo only loads plain tensors and containers ({first})") from None
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupted or not a torch file: {first})") from None
@@ -65,6 +73,10 @@ def load_model(path: str | Path, plugins=None):
     from zoo_core.plugins import get_plugins
 
     plugins = plugins or get_plugins()
+    from zoo_core.export import export_dir_of, load_export
+
+    if export_dir_of(path) is not None:  # safetensors + YAML: no pickle involved
+        return load_export(path, plugins)
     ckpt_path, run_dir = resolve_checkpoint(path)
     checkpoint = read_checkpoint(ckpt_path)
     config = checkpoint_config(checkpoint, ckpt_path, run_dir)

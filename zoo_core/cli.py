@@ -17,8 +17,39 @@ EPILOG = "Docs: README.md. Environment: ZOO_DATA_DIR, ZOO_RUNS_DIR, ZOO_REGISTRY
 class _Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line."""
 
+    #: a callable giving the epilog when help is shown (so that plugins load only for --help)
+    lazy_epilog = None
+
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+    def format_help(self) -> str:
+        if self.lazy_epilog is not None:
+            self.epilog = self.lazy_epilog()
+        return super().format_help()
+
+
+def _metrics_epilog() -> str:
+    """The registered metrics (zoo's and plugins'), one line each, for 'zoo eval --help'."""
+    import textwrap
+
+    from zoo_core.registry import EVAL_DEFAULTS
+
+    try:
+        from zoo_core.plugins import get_plugins
+
+        metrics = get_plugins().metrics
+    except Exception as exc:  # help must still print
+        return f"metrics: could not load the plugins ({exc})"
+    lines = textwrap.wrap(f"metrics (choose with --set eval.metrics=[a,b]; default "
+                          f"{','.join(EVAL_DEFAULTS['metrics'])}; each runs only where it applies):", width=100)
+    width = max((len(name) for name in metrics), default=0)
+    for name, reg in sorted(metrics.items()):
+        doc = (reg.obj.__doc__ or "").strip().splitlines()
+        summary = getattr(reg.obj, "summary", "") or (doc[0] if doc else "")
+        lines += textwrap.wrap(f"{name:<{width}}  {summary} [{reg.plugin}]", width=100, initial_indent="  ",
+                               subsequent_indent=" " * (width + 4))
+    return "\n".join(lines)
 
 
 def _devices(text: str):
@@ -79,10 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_hardware(p)
 
     p = sub.add_parser("eval", help="evaluate a run directory or checkpoint",
-                       description="Metrics: nll = mean negative log-likelihood per example in nats, and bits/dim "
-                                   "of the original discrete data (exact for exact families; for bound families "
-                                   "the bound is named, e.g. the importance-weighted bound with K samples, "
-                                   "set by --set eval.iw_samples=K).")
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Evaluates the entry's eval.metrics on its eval.splits. NLL is per example in "
+                                   "nats, and bits/dim\nof the original discrete data (exact for exact families; "
+                                   "for bound families the bound is named,\ne.g. the importance-weighted bound "
+                                   "with K samples, set by --set eval.iw_samples=K). Sample metrics\nuse "
+                                   "eval.quality_samples samples; metrics.json keeps metric_descriptions, one line "
+                                   "each on\nwhat was measured.")
+    p.lazy_epilog = _metrics_epilog
     p.add_argument("run", help="run directory (runs/ENTRY/VERSION) or .ckpt file")
     p.add_argument("--split", action="append", choices=["train", "val", "test"], default=None,
                    help="split(s) to evaluate (default: the entry's eval.splits)")
@@ -102,6 +137,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_positive, default=64, help="number of samples (default 64)")
     p.add_argument("-o", "--output", required=True, help="output file: .png picture, .pt tensor or .npy array")
     p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("export", help="write a run's weights as safetensors with its config (no pickle to load)",
+                       description="Writes DIR/model.safetensors, DIR/config.yaml (family, data spec, constructor "
+                                   "arguments, run configuration) and DIR/manifest.json (zoo version, family, "
+                                   "plugin, entry, sha256 of the files). 'zoo eval DIR' and 'zoo sample DIR' "
+                                   "rebuild the model from these files alone.")
+    p.add_argument("run", help="run directory, .ckpt file or export directory")
+    p.add_argument("-o", "--output", default=None, metavar="DIR",
+                   help="export directory (default: RUN_DIR/export, or CKPT-export beside a lone checkpoint)")
+
+    p = sub.add_parser("bench", help="train and evaluate every entry of a tier, write the leaderboard",
+                       description="Trains (or with --reuse takes finished runs of) every registry entry with "
+                                   "'tier: TIER', one after another, and writes OUT/leaderboard.md, leaderboard.json "
+                                   "and leaderboard.png: NLL in nats and bits/dim with the bound named, sample "
+                                   "quality with its data floor, training time, epochs and each expected result.")
+    p.add_argument("--tier", required=True, choices=["quick", "full"],
+                   help="quick: toy 2-D and 8x8 digits entries of every family (minutes on a CPU); "
+                        "full: the MNIST entries (hours on a CPU)")
+    p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: bench/TIER/)")
+    p.add_argument("--runs-dir", default=None, help="where runs are written and looked for (default: $ZOO_RUNS_DIR or ./runs)")
+    p.add_argument("--readme", default=None, metavar="README.md",
+                   help="replace the text between <!-- leaderboard:TIER:begin --> and <!-- leaderboard:TIER:end --> "
+                        "in this file with the table")
+    p.add_argument("--only", nargs="+", default=[], metavar="ENTRY", help="only these entries of the tier")
+    p.add_argument("--reuse", action="store_true",
+                   help="take a finished run trained with the same configuration instead of retraining "
+                        "(evaluated again when only the eval settings differ)")
+    p.add_argument("--registry", action="append", default=[], metavar="FILE", help="extra registry file(s)")
+    p.add_argument("--accelerator", default="auto", help="cpu, gpu, mps or auto (default: auto)")
+    p.add_argument("--data-dir", default=None, help="where datasets live (else $ZOO_DATA_DIR, else ~/.cache/zoo/data)")
+    p.add_argument("--progress", action="store_true", help="show Lightning's progress bars")
     return parser
 
 
@@ -170,12 +236,14 @@ def cmd_train(args) -> None:
 
 
 def _summary(metrics: dict) -> str:
+    from zoo_core.expected import summary_lines
+
     parts = [f"run: {metrics['run_dir']}", f"wall {metrics['wall_time_s']:.1f}s"]
     for split in ("val", "test"):
         if split in metrics and "nll_nats" in metrics[split]:
             r = metrics[split]
             parts.append(f"{split} NLL {r['nll_nats']:.3f} nats ({r['bits_per_dim']:.4f} bits/dim)")
-    return "  ".join(parts)
+    return "\n".join(["  ".join(parts), *summary_lines(metrics.get("expected") or [])])
 
 
 def cmd_eval(args) -> None:
@@ -184,6 +252,21 @@ def cmd_eval(args) -> None:
     results = evaluate(args.run, _options(args), splits=args.split)
     if _is_rank_zero():
         print(json.dumps(results, indent=2))
+        from zoo_core.expected import summary_lines
+
+        for line in summary_lines(results.get("expected") or []):  # stderr: stdout stays one JSON document
+            print(line.strip(), file=sys.stderr)
+
+
+def cmd_bench(args) -> None:
+    from zoo_core.bench import BenchOptions, run
+
+    board = run(BenchOptions(tier=args.tier, out=args.out, runs_dir=args.runs_dir, readme=args.readme,
+                             only=args.only, reuse=args.reuse, registry_files=args.registry,
+                             data_dir=args.data_dir, accelerator=args.accelerator, progress=args.progress))
+    out = args.out or f"bench/{args.tier}"
+    print(f"wrote {out}/leaderboard.md, leaderboard.json, leaderboard.png ({len(board['rows'])} entries)"
+          + (f"; updated {args.readme}" if args.readme else ""))
 
 
 def cmd_sample(args) -> None:
@@ -191,6 +274,13 @@ def cmd_sample(args) -> None:
 
     out = sample(args.run, args.n, args.output, seed=args.seed)
     print(f"wrote {args.n} samples to {out}")
+
+
+def cmd_export(args) -> None:
+    from zoo_core.export import export_model
+
+    out = export_model(args.run, args.output)
+    print(f"exported to {out} (model.safetensors, config.yaml, manifest.json)")
 
 
 def cmd_new(args) -> None:
@@ -202,7 +292,9 @@ def cmd_new(args) -> None:
 
 
 COMMANDS = {"list": cmd_list, "plugins": cmd_plugins, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
-            "new": cmd_new}
+            "new": cmd_new, "export": cmd_export}
+
+COMMANDS["bench"] = cmd_bench
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,20 @@
 
 
 class ZooError(Exception):
-    """A user-facing error: bad input, a missing file, a broken plugin. The CLI prints its message alone."""
+    """A user-facing error: bad input, a missing file, a broken plugin. The CLI prints its message alone.
+
+    The message is always one line: control characters that user-supplied names or values bring
+    in (a newline in a ``--set`` value, a carriage return in an entry name) are shown escaped."""
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
+
+
+def one_line(text: str) -> str:
+    """``text`` with every non-printable character (newlines included) written as its escape, e.g. ``\\n``."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class ConfigError(ZooError):
@@ -19,6 +32,11 @@ class CheckpointError(ZooError):
 
 class PluginError(ZooError):
     """A plugin failed to import, its hook raised, or it broke the registration rules."""
+
+
+class RunDirWriteError(ZooError):
+    """A run-directory file (config.yaml, a checkpoint, metrics.json, ...) could not be written,
+    e.g. a full disk. The message names the file and the cause; files written before are kept."""
 
 
 class TrainingDiverged(ZooError):

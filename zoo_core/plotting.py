@@ -70,6 +70,9 @@ def save_samples(model, path: str | Path, n: int, data: Tensor | None = None, ti
     model.eval()
     with torch.no_grad():
         samples = model.sample_for_display(n)
+    from zoo_core.plugins import check_samples
+
+    check_samples(model, samples, (n,))
     spec = model.data_spec
     if spec.is_image:
         image_grid(samples.reshape(n, *spec.event_shape), path, title)

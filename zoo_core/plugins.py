@@ -160,9 +160,63 @@ class ZooPlugins:
     def metric(self, name: str):
         return _lookup(self.metrics, name, "metric").obj
 
+    def family_provider(self, name: str) -> dict:
+        """Which plugin registered family ``name``: {plugin, distribution, version, module}."""
+        reg = _lookup(self.families, name, "family")
+        info = self.plugins.get(reg.plugin)
+        return {"plugin": reg.plugin, "distribution": info.distribution if info else "-",
+                "version": info.version if info else "-", "module": getattr(reg.obj, "__module__", "-")}
+
+    def describe_family(self, family: str) -> str:
+        """"plugin 'x' (distribution d 1.0)" for error messages; works for unregistered classes too."""
+        reg = self.families.get(family)
+        if reg is None:
+            return f"an unregistered class of family '{family}'"
+        info = self.plugins.get(reg.plugin)
+        dist = f" (distribution {info.distribution} {info.version})" if info and info.distribution != "-" else ""
+        return f"plugin '{reg.plugin}'{dist}"
+
     def problems(self) -> list[str]:
         """One line per plugin problem, naming the plugin."""
         return [f"plugin '{p.name}': {e}" for p in self.plugins.values() for e in p.errors]
+
+
+# ---- the interface contract, checked where the runner consumes a family's output -------------------
+def _interface_error(model, what: str) -> PluginError:
+    family = getattr(model, "family", type(model).__name__)
+    try:
+        who = get_plugins().describe_family(family)
+    except Exception:  # the catalogue itself failed: still name the class
+        who = f"class {type(model).__module__}.{type(model).__name__}"
+    return PluginError(f"{who}, family '{family}': {what}")
+
+
+def check_log_prob(model, x, log_prob) -> None:
+    """``log_prob(x)`` of x (*batch, *event_shape) must be a tensor of shape (*batch,): one value per example."""
+    import torch
+
+    n_event = len(getattr(model, "event_shape", ()))
+    batch = tuple(x.shape[: x.dim() - n_event])
+    if not isinstance(log_prob, torch.Tensor):
+        raise _interface_error(model, f"log_prob returned {type(log_prob).__name__}, expected a tensor of shape "
+                                      f"{batch} (one log-density per example)")
+    if tuple(log_prob.shape) != batch:
+        raise _interface_error(model, f"log_prob returned shape {tuple(log_prob.shape)} for data of shape "
+                                      f"{tuple(x.shape)}; expected {batch} (one log-density per example, "
+                                      f"(*batch,) for input (*batch, *event_shape))")
+
+
+def check_samples(model, samples, sample_shape) -> None:
+    """``sample(sample_shape)`` must return (*sample_shape, *event_shape)."""
+    import torch
+
+    expected = tuple(sample_shape) + tuple(getattr(model, "event_shape", ()))
+    if not isinstance(samples, torch.Tensor):
+        raise _interface_error(model, f"sample returned {type(samples).__name__}, expected a tensor of shape "
+                                      f"{expected}")
+    if tuple(samples.shape) != expected:
+        raise _interface_error(model, f"sample({tuple(sample_shape)}) returned shape {tuple(samples.shape)}; "
+                                      f"expected {expected} (*sample_shape, *event_shape)")
 
 
 def _lookup(table: dict[str, Registration], name: str, kind: str) -> Registration:

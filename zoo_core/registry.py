@@ -34,14 +34,17 @@ from zoo_core.errors import ConfigError
 from zoo_core.model import DEFAULT_OPTIM, OPTIMIZERS
 
 REGISTRY_ENV = "ZOO_REGISTRY"
-TOP_LEVEL_KEYS = ("family", "description", "data", "model", "optim", "train", "eval")
+TOP_LEVEL_KEYS = ("family", "description", "data", "model", "optim", "train", "eval", "tier", "expected")
+TIERS = ("quick", "full")  # zoo bench --tier: quick = toy 2-D and digits entries, full = MNIST
 TRAIN_DEFAULTS: dict[str, Any] = {
     "max_epochs": 10, "max_steps": -1, "batch_size": 128, "eval_batch_size": None, "seed": 0,
     "precision": "32-true", "gradient_clip_val": None, "log_every_n_steps": 50,
     "check_val_every_n_epoch": 1, "limit_train_batches": None,
+    # null: last.ckpt at epoch ends only; N: also every N optimiser steps, mid-epoch (resumes at that batch)
+    "checkpoint_every_n_steps": None,
 }
-EVAL_DEFAULTS: dict[str, Any] = {"metrics": ["nll", "sample_quality"], "splits": ["test"], "iw_samples": None,
-                                 "num_samples": 64, "quality_samples": 2000}
+EVAL_DEFAULTS: dict[str, Any] = {"metrics": ["nll", "sample_quality", "frechet", "precision_recall", "reconstruction"],
+                                 "splits": ["test"], "iw_samples": None, "num_samples": 64, "quality_samples": 2000}
 EVAL_SPLITS = ("train", "val", "test")
 PRECISIONS = ("32-true", "32", "64-true", "64", "16-mixed", "bf16-mixed", "bf16-true", "16-true")
 
@@ -103,6 +106,8 @@ def _number(v, minimum=None, allow_none=False, exclusive=False):
             raise _Bad("a number" + (" or null" if allow_none else "")) from None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise _Bad("a number" + (" or null" if allow_none else ""))
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):  # .nan, .inf
+        raise _Bad("a finite number" + (" or null" if allow_none else ""))
     if minimum is not None and (v < minimum or (exclusive and v == minimum)):
         raise _Bad(f"a number {'>' if exclusive else '>='} {minimum}")
     return v
@@ -141,7 +146,7 @@ def _max_steps(v):
 def _limit(v):
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 or (isinstance(v, float) and v > 1):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or (isinstance(v, float) and not v <= 1):
         raise _Bad("a fraction in (0, 1], a positive number of batches, or null")
     return v
 
@@ -151,6 +156,7 @@ TRAIN_CHECKS: dict[str, Callable] = {
     "batch_size": _pos_int, "eval_batch_size": lambda v: _pos_int(v, allow_none=True), "seed": _int,
     "precision": _choice(PRECISIONS), "gradient_clip_val": lambda v: _number(v, 0, allow_none=True),
     "log_every_n_steps": _pos_int, "check_val_every_n_epoch": _pos_int, "limit_train_batches": _limit,
+    "checkpoint_every_n_steps": lambda v: _pos_int(v, allow_none=True),
 }
 EVAL_CHECKS: dict[str, Callable] = {
     "metrics": _str_list(), "splits": _str_list(EVAL_SPLITS),
@@ -169,6 +175,53 @@ OPTIM_CHECKS: dict[str, Callable] = {
     "name": _choice(tuple(OPTIMIZERS)), "lr": lambda v: _number(v, 0, exclusive=True),
     "weight_decay": lambda v: _number(v, 0), "betas": _betas, "scheduler": _choice(("cosine", "none"), allow_none=True),
 }
+
+
+def validate_expected(items, where: str) -> list[dict]:
+    """The ``expected`` key: a list of expected results (zoo_core/expected.py), normalised."""
+    from zoo_core.expected import DEFAULT_EXPECTATION, DIRECTIONS, EXPECTATION_KEYS, KINDS
+
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise ConfigError(f"{where}: key 'expected': expected a list of {{metric, value, tolerance, direction, "
+                          f"source}} mappings, got {type(items).__name__}")
+    out = []
+    for i, item in enumerate(items):
+        key = f"expected[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: key '{key}': expected a mapping with keys metric, value, source, ..., "
+                              f"got {type(item).__name__}")
+        for k in item:
+            if k not in EXPECTATION_KEYS:
+                raise ConfigError(f"{where}: unknown key '{key}.{k}'{suggest(k, EXPECTATION_KEYS)}; "
+                                  f"expected one of {', '.join(EXPECTATION_KEYS)}")
+        for k in ("metric", "value", "source"):
+            if k not in item:
+                raise ConfigError(f"{where}: missing key '{key}.{k}'" + (
+                    " (a paper's table, or 'our run DATE, COMMAND, MACHINE')" if k == "source" else ""))
+        e = {**DEFAULT_EXPECTATION, **item}
+        metric = e["metric"]
+        if not isinstance(metric, str) or not all(re.fullmatch(r"[A-Za-z0-9_\-/]+", p) for p in metric.split(".")):
+            raise ConfigError(f"{where}: key '{key}.metric': expected a dotted path into metrics.json such as "
+                              f"test.nll_nats, got {metric!r}")
+        for k, check in (("value", lambda v: _number(v)), ("tolerance", lambda v: _number(v, 0)),
+                         ("direction", _choice(DIRECTIONS)), ("kind", _choice(KINDS))):
+            try:
+                e[k] = check(e[k])
+            except _Bad as bad:
+                raise ConfigError(f"{where}: key '{key}.{k}': expected {bad}, got {e[k]!r}") from None
+        for k in ("source", "compute"):
+            if not isinstance(e[k], str) or (k == "source" and not e[k].strip()):
+                raise ConfigError(f"{where}: key '{key}.{k}': expected " +
+                                  ("non-empty text naming a paper's table or our run" if k == "source" else "text") +
+                                  f", got {e[k]!r}")
+        e["value"], e["tolerance"] = float(e["value"]), float(e["tolerance"])
+        for k in ("value", "tolerance"):
+            if e[k] != e[k] or abs(e[k]) == float("inf"):
+                raise ConfigError(f"{where}: key '{key}.{k}': expected a finite number, got {item.get(k)!r}")
+        out.append({k: e[k] for k in EXPECTATION_KEYS})
+    return out
 
 
 @dataclass
@@ -353,6 +406,11 @@ def resolve_entry(name: str, body: dict, where: str, source: str, plugins) -> di
         if metric not in plugins.metrics:
             raise ConfigError(f"{where}: key 'eval.metrics': unknown metric '{metric}'"
                               f"{suggest(metric, plugins.metrics)}; known: {', '.join(sorted(plugins.metrics))}")
+    tier = body.get("tier")
+    if tier is not None and tier not in TIERS:
+        raise ConfigError(f"{where}: key 'tier': expected one of {', '.join(TIERS)} (or leave it out), got {tier!r}"
+                          f"{suggest(str(tier), TIERS)}")
+    expected = validate_expected(body.get("expected"), where)
     description = body.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"{where}: key 'description': expected text, got {type(description).__name__}")
@@ -360,7 +418,7 @@ def resolve_entry(name: str, body: dict, where: str, source: str, plugins) -> di
     return {
         "entry": name, "source": source, "description": description, "family": family_name,
         "data": {"name": ds_name, "representation": representation, **ds_params},
-        "model": model, "optim": optim, "train": train, "eval": evaluation,
+        "model": model, "optim": optim, "train": train, "eval": evaluation, "tier": tier, "expected": expected,
     }
 
 

@@ -8,6 +8,7 @@ resolved ``config.yaml``, ``checkpoints/``, CSV logs, ``metrics.json`` and ``sam
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -25,14 +26,18 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from zoo_core.checkpoint import LAST, load_model, read_checkpoint, resolve_checkpoint
+from zoo_core.checkpoint_io import AtomicCheckpointIO, RngStates, StepCheckpoint, write_atomic, write_error
 from zoo_core.errors import CheckpointError, ConfigError, DataError, TrainingDiverged, ZooError
 from zoo_core.plugins import get_plugins
+from zoo_core.expected import check as check_expected, expectations_for
 from zoo_core.registry import Registry, apply_override, resolve_entry
 
 RUNS_ENV = "ZOO_RUNS_DIR"
 RUN_DIR_ENV = "_ZOO_RUN_DIR"  # handed by the launching process to the processes Lightning starts
 
 log = logging.getLogger("zoo")
+#: OSErrors that mean "the run directory cannot be written" (full disk, quota, read-only, I/O error)
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
 
 
 @dataclass
@@ -135,12 +140,38 @@ def build_trainer(opts: RunOptions, config: dict, run_dir: Path | None, *, train
                            save_top_k=1, enable_version_counter=False)
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}-step{step}",
                            auto_insert_metric_name=False, save_top_k=1, monitor="val/loss", mode="min")
+    callbacks: list = [RngStates(), last, best]
+    if train.get("checkpoint_every_n_steps"):
+        callbacks.insert(1, StepCheckpoint(run_dir / "checkpoints" / LAST, train["checkpoint_every_n_steps"]))
     return pl.Trainer(
         max_epochs=train["max_epochs"] if train["max_epochs"] is not None else -1,
         max_steps=train["max_steps"], gradient_clip_val=train["gradient_clip_val"],
         log_every_n_steps=train["log_every_n_steps"], check_val_every_n_epoch=train["check_val_every_n_epoch"],
         limit_train_batches=train["limit_train_batches"], default_root_dir=run_dir, logger=loggers,
-        callbacks=[last, best], **kwargs)
+        callbacks=callbacks, plugins=[AtomicCheckpointIO()], **kwargs)
+
+
+class OptimOverride(pl.Callback):
+    """``--resume --set optim.lr=...``: Lightning restores the optimiser state, learning rates and
+    all, from the checkpoint; this applies the new settings on top (after the restore): every
+    learning rate (scheduler base rates included) is scaled by new lr / saved lr, so a separate
+    discriminator rate keeps its ratio; ``weight_decay`` and ``betas`` are set as given."""
+
+    def __init__(self, saved: dict, new: dict):
+        self.ratio = float(new["lr"]) / float(saved["lr"])
+        self.changed = {k: new[k] for k in ("weight_decay", "betas") if k in new and new[k] != saved.get(k)}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                for key in ("lr", "initial_lr"):
+                    if key in group:
+                        group[key] = group[key] * self.ratio
+                for key, value in self.changed.items():
+                    if key in group:
+                        group[key] = tuple(value) if key == "betas" else float(value)
+        for config in trainer.lr_scheduler_configs:
+            config.scheduler.base_lrs = [lr * self.ratio for lr in config.scheduler.base_lrs]
 
 
 def _wandb_logger(config: dict, run_dir: Path):
@@ -244,9 +275,7 @@ def _share_cpu_cores(trainer: pl.Trainer) -> None:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
 def _quiet_lightning() -> None:
@@ -317,17 +346,28 @@ def train(entry: str, opts: RunOptions | None = None) -> dict:
     run_dir = _claim_run_dir(runs_root(opts) / entry, resume_dir)
     with _shared_run_dir(run_dir):
         trainer = build_trainer(opts, config, run_dir, training=True)
+        if resume_ckpt is not None and any(o.split("=", 1)[0].strip().startswith("optim.") for o in opts.cli_overrides()):
+            saved_optim = ((read_checkpoint(resume_ckpt).get("zoo") or {}).get("config") or {}).get("optim")
+            if saved_optim:
+                trainer.callbacks.append(OptimOverride(saved_optim, config["optim"]))
         _share_cpu_cores(trainer)
         if trainer.is_global_zero:
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            write_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         start = time.perf_counter()
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
         except TrainingDiverged as exc:
-            last = run_dir / "checkpoints" / LAST
-            keep = (f"the last good checkpoint is {last} (zoo train {entry} --resume {run_dir})" if last.is_file()
-                    else "no checkpoint had been written yet")
-            raise TrainingDiverged(f"{exc}; {keep}") from None
+            raise TrainingDiverged(f"{exc}; {_resume_hint(entry, run_dir, 'the last good checkpoint')}") from None
+        except OSError as exc:  # e.g. a full disk under Lightning's own writers (CSV logs)
+            if exc.errno not in WRITE_ERRNOS:
+                raise
+            raise write_error(exc.filename or run_dir, exc) from None
+        except RuntimeError as exc:  # a DDP peer died (killed, out of memory): gloo/NCCL report a lost connection
+            if trainer.world_size < 2 or not _lost_peer(exc):
+                raise
+            first = str(exc).strip().splitlines()[0].split("] ", 1)[-1][:200]
+            raise ZooError(f"training stopped: a process of this {trainer.world_size}-process run was lost "
+                           f"({first}); {_resume_hint(entry, run_dir, 'the last checkpoint')}") from None
         wall = time.perf_counter() - start
         ddp = _gather_digests(model, trainer)
         callback = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -337,10 +377,28 @@ def train(entry: str, opts: RunOptions | None = None) -> dict:
         "wall_time_s": round(wall, 3), "epochs": trainer.current_epoch, "steps": trainer.global_step,
         "val_during_training": _with_bits(callback, model), **results, "ddp": ddp,
     }
+    # expected results (zoo_core/expected.py): the entry's as resolved, or the registry's now when resuming
+    metrics["expected"] = check_expected(
+        config["expected"] if resume_ckpt is None else expectations_for(config, opts.registry_files), metrics)
     if trainer.is_global_zero:
         _write_json(run_dir / "metrics.json", metrics)
         _save_picture(model, datamodule, config, run_dir / "samples.png")
     return metrics
+
+
+def _resume_hint(entry: str, run_dir: Path, what: str) -> str:
+    last = run_dir / "checkpoints" / LAST
+    if not last.is_file():
+        return "no checkpoint had been written yet"
+    return f"{what} is {last} (zoo train {entry} --resume {run_dir})"
+
+
+def _lost_peer(exc: RuntimeError) -> bool:
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(
+        marker in text for marker in ("gloo", "NCCL", "Connection reset", "Connection closed", "Broken pipe"))
 
 
 def _with_bits(values: dict[str, float], model) -> dict[str, float]:
@@ -378,7 +436,12 @@ def _save_picture(model, datamodule, config: dict, path: Path) -> None:
     title = f"{config['entry']}: {config['family']} samples"
     if datamodule.spec.event_shape == (2,):
         n = max(n, 1000)
-    save_samples(model, path, n, data=data, title=title)
+    try:
+        save_samples(model, path, n, data=data, title=title)
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise write_error(path, exc) from None
 
 
 # ---- evaluate and sample ----------------------------------------------------------------------------
@@ -404,6 +467,7 @@ def evaluate(path: str, opts: RunOptions | None = None, splits: list[str] | None
     trainer = build_trainer(opts, config, run_dir, training=False)
     results = {"entry": config["entry"], "family": config["family"], "checkpoint": str(ckpt),
                **run_metrics(trainer, model, datamodule, config)}
+    results["expected"] = check_expected(expectations_for(config, opts.registry_files), results)
     if trainer.is_global_zero and run_dir is not None:
         _write_json(run_dir / f"eval_{'_'.join(config['eval']['splits'])}.json", results)
     return results

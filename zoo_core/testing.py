@@ -14,11 +14,15 @@ gives identical ``log_prob``; for exact likelihoods on 2-D data, ``exp(log_prob)
 to 1 within 2% over a grid; for bounds, the estimate stays below an exact reference value
 (where the family provides ``reference_log_prob``) and tightens as K grows; a family without a
 likelihood raises ``NoLikelihoodError``.
+
+The checks run on the device named by ``ZOO_TEST_DEVICE`` (``cpu`` by default, ``cuda``,
+``cuda:1``): the model and the case's data are moved there, the Lightning round trip trains on it.
 """
 from __future__ import annotations
 
 import copy
 import math
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +38,23 @@ from zoo_core.model import LIKELIHOOD_KINDS, GenerativeModel
 
 LOSS_DROP_STEPS = 25
 INTEGRAL_TOLERANCE = 0.02
+#: names the device the checks run on: cpu (default), cuda, cuda:N
+DEVICE_ENV = "ZOO_TEST_DEVICE"
+
+
+def conformance_device() -> torch.device:
+    """The device named by ``ZOO_TEST_DEVICE`` (default cpu). A CUDA device without CUDA is an
+    error, not a silent fall-back to the CPU: a GPU check must not pass without a GPU."""
+    name = os.environ.get(DEVICE_ENV, "").strip() or "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{DEVICE_ENV}={name!r}: expected cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"{DEVICE_ENV}={name} but torch.cuda.is_available() is False on this machine")
+    return device
 
 
 @dataclass
@@ -46,10 +67,15 @@ class ConformanceCase:
     data: Tensor  # (B, *event_shape) in the model's representation
     lr: float = 1e-3
     extras: dict = field(default_factory=dict)
+    device: torch.device | str | None = None  # None: conformance_device()
+
+    def __post_init__(self) -> None:
+        self.device = torch.device(self.device) if self.device is not None else conformance_device()
+        self.data = self.data.to(self.device)
 
     def model(self, seed: int = 0, initialise: bool = True) -> GenerativeModel:
         torch.manual_seed(seed)
-        model = self.build()
+        model = self.build().to(self.device)
         if initialise:
             model.init_from_data(self.data)
             model._zoo_data_initialised.fill_(True)
@@ -176,15 +202,17 @@ def check_reproducible(case: ConformanceCase) -> None:
 def check_checkpoint_round_trip(case: ConformanceCase) -> None:
     """Two Lightning training steps, ``save_checkpoint``, a weights_only load: identical log_prob/loss."""
     model = case.model()
-    loader = torch.utils.data.DataLoader(case.data, batch_size=min(64, len(case.data)))
-    trainer = pl.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    loader = torch.utils.data.DataLoader(case.data.cpu(), batch_size=min(64, len(case.data)))  # Lightning moves batches
+    cuda = case.device.type == "cuda"
+    trainer = pl.Trainer(max_steps=2, accelerator="gpu" if cuda else "cpu", devices=[case.device.index or 0] if cuda else 1,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
     trainer.fit(model, train_dataloaders=loader)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.ckpt"
         trainer.save_checkpoint(path)
-        loaded = rebuild_model(case.family_cls, read_checkpoint(path), path)
-    model.eval()
+        loaded = rebuild_model(case.family_cls, read_checkpoint(path), path).to(case.device)
+    model.to(case.device).eval()  # Lightning's teardown moves the model back to the CPU
     for (name, pa), pb in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(pa, pb), f"parameter {name} changed in the checkpoint round trip"
     call = (lambda m: m.loss(case.data)) if model.likelihood == "none" else (lambda m: m.log_prob(case.data))
@@ -203,8 +231,8 @@ def check_density_integrates(case: ConformanceCase, points: int = 400) -> None:
         s = _seeded(lambda: model.sample((20000,)))
         lo, hi = torch.quantile(s, 0.0005, dim=0), torch.quantile(s, 0.9995, dim=0)
         lo, hi = lo - 0.75 * (hi - lo), hi + 0.75 * (hi - lo)
-        xs = torch.linspace(float(lo[0]), float(hi[0]), points)
-        ys = torch.linspace(float(lo[1]), float(hi[1]), points)
+        xs = torch.linspace(float(lo[0]), float(hi[0]), points, device=s.device)
+        ys = torch.linspace(float(lo[1]), float(hi[1]), points, device=s.device)
         gx, gy = torch.meshgrid(xs, ys, indexing="ij")
         grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)
         dens = torch.cat([model.log_prob(chunk).exp() for chunk in grid.split(20000)])

@@ -71,6 +71,12 @@ class Autoencoder(GenerativeModel):
     def loss(self, x: Tensor) -> Tensor:
         return self.reconstruction_error(x).mean()
 
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """(N, *event_shape) -> g(f(x)) as a mean: pixel probabilities for binarised data; same shape as x."""
+        self.validate_sample(x)
+        return self._decoded_mean(self.encode(x)).reshape(x.shape)
+
     def log_prob(self, x: Tensor) -> Tensor:
         raise self.no_likelihood()
 

@@ -172,6 +172,16 @@ class VAE(GenerativeModel):
         means = torch.sigmoid(a) if log_var is None else a.clamp(0.0, 1.0)
         return means.reshape(n, *self.event_shape)
 
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """(N, *event_shape) -> decoder mean at the encoder mean, z = E_q[z|x]: Bernoulli probabilities
+        (binarised data) or the Gaussian means (unclipped); same shape as x."""
+        x_flat, batch_shape = self.flatten(x)  # (N, D)
+        mean, _ = self.encode(x_flat)  # (N, L)
+        a, log_var = self.decode(mean)  # (N, D)
+        x_hat = torch.sigmoid(a) if log_var is None else a
+        return x_hat.reshape(*batch_shape, *self.event_shape)
+
     def likelihood_description(self) -> str:
         K = self.num_importance_samples
         return "ELBO (K=1)" if K == 1 else f"importance-weighted bound (IWAE), K={K}"

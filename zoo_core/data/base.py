@@ -4,19 +4,23 @@ Subclasses implement ``load_splits()`` returning raw tensors; this base class ap
 representation (see ``zoo_core.data.spec``), builds fast batched loaders, and shards them
 over DDP ranks itself:
 
-- train: ``DistributedSampler`` (shuffled, seeded, epoch-aware) when several processes run;
+- train: :class:`TrainBatches`, shuffled batches whose order and noise depend only on (seed,
+  epoch, rank, batch number), so a run killed mid-epoch resumes at the exact batch;
 - val/test: each rank takes every ``world_size``-th example *without padding*, so summed
   metrics over ranks equal the single-process values exactly.
 """
 from __future__ import annotations
 
 import abc
-from typing import Iterator
+import math
+from typing import Callable, Iterator
+
+import numpy as np
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from zoo_core.data.spec import DataSpec
 from zoo_core.errors import DataError
@@ -51,6 +55,98 @@ def _batch_is_ready(batch: Tensor) -> Tensor:
     return batch
 
 
+def batch_seed(seed: int, rank: int, epoch: int, batch: int) -> int:
+    """A 64-bit seed for one training batch's noise, mixed from its coordinates (numpy's SeedSequence)."""
+    words = np.random.SeedSequence([seed % 2**64, rank, epoch, batch]).generate_state(2, dtype=np.uint32)
+    return (int(words[0]) << 32 | int(words[1])) & (2**63 - 1)
+
+
+class TrainBatches(Sampler):
+    """One rank's shuffled training batches, as ``(epoch, batch_number, indices)``.
+
+    Epoch ``e`` permutes the examples with a generator seeded ``seed + e`` (as ``DistributedSampler``
+    does: padded by repetition to a multiple of ``num_replicas``, rank ``r`` taking every
+    ``num_replicas``-th index), so the order depends on nothing but (seed, epoch, rank).
+    ``skip(k)`` makes the next pass start at batch ``k``: how a run resumes mid-epoch.
+    """
+
+    def __init__(self, length: int, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0):
+        self.length, self.batch_size, self.seed = int(length), int(batch_size), int(seed)
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        self.num_samples = math.ceil(self.length / self.num_replicas)  # per rank, after padding
+        self.epoch = 0
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def skip(self, batches: int) -> None:
+        self._skip = int(batches)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def indices(self, epoch: int) -> Tensor:
+        """This rank's example indices for ``epoch``: (num_samples,)."""
+        gen = torch.Generator().manual_seed(self.seed + epoch)
+        order = torch.randperm(self.length, generator=gen)  # (length,)
+        total = self.num_samples * self.num_replicas
+        if total > self.length:
+            order = torch.cat([order, order[: total - self.length]])
+        return order[self.rank:total:self.num_replicas]
+
+    def __iter__(self):
+        epoch, start, self._skip = self.epoch, self._skip, 0
+        mine = self.indices(epoch)
+        for b in range(start, len(self)):
+            yield epoch, b, mine[b * self.batch_size:(b + 1) * self.batch_size]
+
+
+class TrainDataset(Dataset):
+    """Training data fetched by :class:`TrainBatches` keys; ``noise(x, generator)`` (dynamic
+    binarisation or dequantisation) draws from a generator seeded by the batch's coordinates, not
+    from the global RNG, so it is the same however batches are prefetched, skipped or resumed."""
+
+    def __init__(self, data: Tensor, noise=None, seed: int = 0, rank: int = 0):
+        self.data, self.noise, self.seed, self.rank = data, noise, int(seed), int(rank)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key) -> Tensor:
+        epoch, batch, indices = key
+        x = self.data[indices]  # (B, *event)
+        if self.noise is None:
+            return x
+        gen = torch.Generator().manual_seed(batch_seed(self.seed, self.rank, epoch, batch))
+        return self.noise(x, gen)
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, stateful in Lightning's sense (``state_dict``/``load_state_dict``):
+    a mid-epoch checkpoint records the epoch and how many of its batches training consumed
+    (``consumed()`` -> (batches taken, batches in the epoch), read from the trainer, since the loader
+    itself runs one batch ahead when Lightning prefetches); loading it skips those batches on the
+    next pass."""
+
+    def __init__(self, dataset: TrainDataset, batches: TrainBatches, consumed: Callable[[], tuple[int, float]]):
+        # batch_size=None: the sampler yields whole batches; a private generator keeps the
+        # DataLoader's own seed draw off the global RNG (which a checkpoint restores).
+        super().__init__(dataset, sampler=batches, batch_size=None, collate_fn=_batch_is_ready,
+                         generator=torch.Generator())
+        self._consumed = consumed
+
+    def state_dict(self) -> dict:
+        done, epoch_length = self._consumed()
+        if done >= min(len(self.sampler), epoch_length):  # epoch complete (limit_train_batches included)
+            return {"epoch": self.sampler.epoch + 1, "batches_done": 0}
+        return {"epoch": self.sampler.epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.set_epoch(state["epoch"])
+        self.sampler.skip(state["batches_done"])
+
+
 class StridedShardSampler(Sampler[int]):
     """Rank r of w takes indices r, r + w, r + 2w, ... : a partition, no padding, no shuffling."""
 
@@ -72,6 +168,8 @@ class ZooDataModule(pl.LightningDataModule, abc.ABC):
     representations: tuple[str, ...] = ("continuous",)
     #: number of levels of the original discrete data (None for real-valued data)
     num_levels: int | None = None
+    #: the shape of one example, where the dataset fixes it (checked when the data are loaded)
+    event_shape: tuple[int, ...] | None = None
 
     def __init__(self, representation: str | None = None, batch_size: int = 128,
                  eval_batch_size: int | None = None, seed: int = 0, data_dir: str | None = None):
@@ -117,6 +215,7 @@ class ZooDataModule(pl.LightningDataModule, abc.ABC):
             raw = self.load_splits()
             if set(raw) != {"train", "val", "test"}:
                 raise DataError(f"dataset '{self.name}': load_splits must return train, val and test")
+            self.check_raw(raw)
             self._raw = {k: v.float() for k, v in raw.items()}
         return self._raw
 
@@ -132,8 +231,42 @@ class ZooDataModule(pl.LightningDataModule, abc.ABC):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(EVAL_NOISE_SEED + ("train", "val", "test").index(split))
                     x = transform(x)
+            self.spec.check(x, f"dataset '{self.name}', {split} split")  # what the runner evaluates on
             self._eval_cache[split] = x
         return self._eval_cache[split]
+
+    def check_raw(self, raw: dict) -> None:
+        """Validate what ``load_splits`` returned, naming the dataset, the split and the problem:
+        non-empty tensors of one shape (``event_shape`` where declared), finite values, and for
+        images intensities in [0, 1] (``binarized``) or integer levels 0..L-1 (``dequantized``)."""
+        shapes = {}
+        for split in ("train", "val", "test"):
+            x, where = raw[split], f"dataset '{self.name}' ({self.representation}), {split} split"
+            if not isinstance(x, Tensor):
+                raise DataError(f"{where}: expected a tensor, got {type(x).__name__}")
+            if x.dim() < 2 or len(x) == 0:
+                raise DataError(f"{where}: expected shape (N, *event_shape) with N >= 1, got {tuple(x.shape)}")
+            if x.is_complex():
+                raise DataError(f"{where}: expected real values, got dtype {x.dtype}")
+            shapes[split] = tuple(x.shape[1:])
+            if self.event_shape is not None and shapes[split] != tuple(self.event_shape):
+                raise DataError(f"{where}: expected examples of shape {tuple(self.event_shape)}, got "
+                                f"{shapes[split]} (data of shape {tuple(x.shape)}): corrupted or wrong files?")
+            if x.dtype == torch.bool:
+                x = x.to(torch.uint8)
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                raise DataError(f"{where}: {int((~torch.isfinite(x)).sum())} NaN or infinite value(s)")
+            lo, hi = float(x.min()), float(x.max())
+            if self.representation == "binarized" and not (lo >= 0 and hi <= 1):
+                raise DataError(f"{where}: expected intensities in [0, 1] to binarize, got values in [{lo:g}, {hi:g}]")
+            if self.representation == "dequantized":
+                top = (self.num_levels or 0) - 1
+                integral = not x.is_floating_point() or bool((x == x.round()).all())
+                if not (lo >= 0 and hi <= top and integral):
+                    raise DataError(f"{where}: expected integer levels 0..{top} to dequantize, got values in "
+                                    f"[{lo:g}, {hi:g}]{'' if integral else ' (not all integers)'}")
+        if len(set(shapes.values())) > 1:
+            raise DataError(f"dataset '{self.name}': the splits have different example shapes {shapes}")
 
     @property
     def spec(self) -> DataSpec:
@@ -165,15 +298,33 @@ class ZooDataModule(pl.LightningDataModule, abc.ABC):
             return 1, 0
         return trainer.world_size, trainer.global_rank
 
+    def _train_noise(self):
+        """The training noise as ``noise(x, generator)``, or None (see ``_train_transform``)."""
+        if self.representation == "binarized":
+            return lambda x, gen: torch.bernoulli(x, generator=gen)
+        if self.representation == "dequantized":
+            levels = self.num_levels
+            return lambda k, gen: (k + torch.rand(k.shape, generator=gen, dtype=k.dtype)) / levels
+        return None
+
     def train_dataloader(self) -> DataLoader:
-        dataset = BatchDataset(self.raw["train"], self._train_transform())
+        """Shuffled training batches, sharded over DDP ranks, resumable mid-epoch (see :class:`TrainBatches`)."""
         world, rank = self._world()
-        if world > 1:
-            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-            return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=_batch_is_ready)
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, generator=gen,
-                          collate_fn=_batch_is_ready)
+        batches = TrainBatches(len(self.raw["train"]), self.batch_size, self.seed, world, rank)
+        trainer = getattr(self, "trainer", None)
+        fit_loop = getattr(trainer, "fit_loop", None)
+        if fit_loop is not None:
+            # Lightning draws the first batch before it calls set_epoch: start at the restored epoch.
+            batches.set_epoch(fit_loop.epoch_progress.current.processed)
+        dataset = TrainDataset(self.raw["train"], self._train_noise(), self.seed, rank)
+        return ResumableLoader(dataset, batches, self._consumed_batches)
+
+    def _consumed_batches(self) -> tuple[int, float]:
+        """(training batches of the current epoch the training loop has taken, batches per epoch)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, float("inf")
+        return trainer.fit_loop.epoch_loop.batch_progress.current.ready, trainer.num_training_batches
 
     def _eval_dataloader(self, split: str) -> DataLoader:
         dataset = BatchDataset(self.eval_data(split))

@@ -17,6 +17,7 @@ class DigitsDataModule(ZooDataModule):
     name = "digits"
     representations = ("binarized", "dequantized")
     num_levels = 17
+    event_shape = (1, 8, 8)
 
     def load_splits(self) -> dict[str, Tensor]:
         try:

@@ -9,8 +9,9 @@ replaces it with one base URL). A download goes to a temporary file that is rena
 after the md5 of its *uncompressed* content matches the official one, so concurrent processes (DDP
 ranks) and interrupted downloads never leave a partial file under the final name.
 
-Checksums are verified once, at download time; files found locally are only parsed (the IDX header
-and sizes are checked, which catches truncated or wrong files, but not a changed pixel).
+Checksums are verified at download time and again whenever the files are loaded: the IDX header and
+sizes are parsed (naming truncated or wrong files precisely), then the md5 of the uncompressed
+content must be the official one, so a local file with a changed byte is refused too.
 """
 from __future__ import annotations
 
@@ -86,8 +87,11 @@ def _where_hint(root: Path) -> str:
 
 
 # ---- IDX parsing ------------------------------------------------------------------------------
-def read_idx(path: str | os.PathLike, expected_shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Parse an unsigned-byte IDX file, gzipped or not (detected by its magic bytes), into a uint8 array."""
+def read_idx(path: str | os.PathLike, expected_shape: tuple[int, ...] | None = None,
+             expected_md5: str | None = None) -> np.ndarray:
+    """Parse an unsigned-byte IDX file, gzipped or not (detected by its magic bytes), into a uint8 array.
+
+    ``expected_md5``: the md5 of the uncompressed content, checked after the header and sizes."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -110,6 +114,10 @@ def read_idx(path: str | os.PathLike, expected_shape: tuple[int, ...] | None = N
     if len(data) - header != size:
         raise DataError(f"MNIST file {path}: expected {size} data bytes for dimensions {shape}, "
                         f"got {len(data) - header}")
+    if expected_md5 is not None and (actual := hashlib.md5(data).hexdigest()) != expected_md5:
+        raise DataError(f"MNIST file {path}: checksum mismatch: the md5 of its uncompressed content is {actual}, "
+                        f"expected {expected_md5} (the official file); it is corrupted or not MNIST: "
+                        f"replace it, or delete it to download it again")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -176,13 +184,19 @@ def download_file(name: str, root: Path) -> Path:
 def ensure_files(data_dir: str | os.PathLike | None) -> dict[str, Path]:
     """Paths of the four files, downloading the missing ones."""
     root = resolve_data_dir(data_dir)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data directory {root} is not a directory; point --data-dir / ZOO_DATA_DIR at the "
+                        f"directory that holds mnist/ (or the four MNIST files)")
+    for d in (root, root / "mnist"):
+        if d.is_dir() and not os.access(d, os.R_OK | os.X_OK):
+            raise DataError(f"data directory {d} is not readable (permission denied); {_where_hint(root)}")
     return {name: find_file(root, name) or download_file(name, root) for name in MNIST_FILES}
 
 
 def load_mnist_arrays(data_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
     """The four files as uint8 arrays, keyed by file name (without ``.gz``)."""
     paths = ensure_files(data_dir)
-    return {name: read_idx(path, MNIST_SHAPES[name]) for name, path in paths.items()}
+    return {name: read_idx(path, MNIST_SHAPES[name], MNIST_FILES[name]) for name, path in paths.items()}
 
 
 class MNISTDataModule(ZooDataModule):
@@ -193,6 +207,7 @@ class MNISTDataModule(ZooDataModule):
     name = "mnist"
     representations = ("binarized", "dequantized")
     num_levels = 256
+    event_shape = (1, 28, 28)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 REPRESENTATIONS = ("binarized", "dequantized", "continuous")
 
 
@@ -54,6 +56,40 @@ class DataSpec:
         """Bits per dimension of an NLL already expressed in the original space (see log_prob_offset)."""
         return nll_nats / (self.dims * math.log(2.0))
 
+    def check(self, x, where: str) -> None:
+        """Raise a one-line DataError unless ``x`` of shape (N, *event_shape) is valid data of this
+        representation: a floating-point tensor, finite, and within the representation's range
+        (binarized: every value 0 or 1; dequantized: [0, 1]; continuous: any finite value).
+        ``where`` names the data in the message, e.g. "dataset 'mnist', test split"."""
+        from zoo_core.errors import DataError
+
+        what = f"{where} ({self.representation} data of shape (N, {', '.join(map(str, self.event_shape))}))"
+        if not isinstance(x, torch.Tensor):
+            raise DataError(f"{what}: expected a torch.Tensor, got {type(x).__name__}")
+        if tuple(x.shape[1:]) != self.event_shape or x.dim() != 1 + len(self.event_shape):
+            raise DataError(f"{what}: got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise DataError(f"{what}: expected floating-point values, got dtype {x.dtype}")
+        if len(x) == 0:
+            raise DataError(f"{what}: no examples")
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            bad = x[~finite]
+            kind = "NaN" if bool(torch.isnan(bad).any()) else "infinite"
+            raise DataError(f"{what}: {bad.numel()} {kind} value(s), the first in example {_first_bad(~finite)}")
+        if self.representation == "binarized":
+            outside = (x != 0) & (x != 1)
+            expected = "0 or 1 (binarized pixels)"
+        elif self.representation == "dequantized":
+            outside = (x < 0) | (x > 1)
+            expected = "in [0, 1] (dequantized pixels (k + u) / L)"
+        else:
+            return
+        if bool(outside.any()):
+            values = x[outside]
+            raise DataError(f"{what}: {values.numel()} value(s) not {expected}, e.g. {float(values[0]):g} in "
+                            f"example {_first_bad(outside)}; range seen [{float(x.min()):g}, {float(x.max()):g}]")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["event_shape"] = list(self.event_shape)
@@ -64,3 +100,8 @@ class DataSpec:
         if isinstance(d, DataSpec):
             return d
         return cls(**{**d, "event_shape": tuple(d["event_shape"])})
+
+
+def _first_bad(mask) -> int:
+    """Index of the first example (dimension 0) where ``mask`` is true anywhere."""
+    return int(mask.reshape(len(mask), -1).any(1).nonzero()[0, 0])

@@ -27,6 +27,7 @@ class ToyDataModule(ZooDataModule):
 
     representations = ("continuous",)
     num_levels = None
+    event_shape = (2,)
 
     def __init__(self, n_train: int = 20000, n_val: int = 5000, n_test: int = 5000, **base_kwargs):
         super().__init__(**base_kwargs)

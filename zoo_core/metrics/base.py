@@ -20,6 +20,8 @@ class Metric(abc.ABC):
     """Accumulates over test batches; ``compute`` returns flat ``{key: value}`` results."""
 
     name: str = ""
+    #: one line for ``zoo eval --help``: what the metric measures
+    summary: str = ""
 
     def __init__(self, **settings: Any):
         self.settings = settings

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from zoo_core.metrics.base import Metric
+from zoo_core.plugins import check_samples
 
 SEED = 2024
 PROJECTIONS = 256
@@ -57,6 +58,8 @@ class SampleQuality(Metric):
     """MMD^2 and sliced Wasserstein-1 between model samples and held-out data (data space)."""
 
     name = "sample_quality"
+    summary = ("MMD^2 and sliced Wasserstein-1 between samples and held-out data in data space, "
+               "with their two-halves data floor")
 
     def __init__(self, **settings: Any):
         super().__init__(**settings)
@@ -94,7 +97,9 @@ class SampleQuality(Metric):
         reference, other_half = data[:n], data[n:2 * n]
         with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []), torch.no_grad():
             torch.manual_seed(SEED)
-            samples = model.sample((n,)).reshape(n, -1).double().cpu()
+            samples = model.sample((n,))
+            check_samples(model, samples, (n,))
+            samples = samples.reshape(n, -1).double().cpu()
         if not torch.isfinite(samples).all():
             return {"mmd2": math.nan, "sliced_wasserstein": math.nan, "quality_samples": n}
         bandwidth = median_bandwidth(reference)

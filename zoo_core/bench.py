@@ -1,0 +1,183 @@
+"""``zoo bench``: train and evaluate every registry entry of a tier, then write the leaderboard.
+
+Tiers are the registry key ``tier``: ``quick`` (the toy 2-D and 8x8 digits entries of every
+family, minutes on a CPU) and ``full`` (the MNIST entries, hours on a CPU). Entries run one after
+another in this process through ``runner.train``. With ``--reuse`` an entry is not retrained
+when a finished run of it (a run directory with ``metrics.json``) was trained with the same
+configuration: the saved ``config.yaml`` is resolved again (so defaults added since are filled
+in) and its family, data, model, optim and train sections must equal the entry's. When only
+the ``eval`` section differs (e.g. metrics added since), the run's final checkpoint is evaluated
+again with the entry's current evaluation settings instead of retraining.
+
+Output in ``--out`` (default ``bench/TIER/``): ``leaderboard.md``, ``leaderboard.json`` and
+``leaderboard.png`` (see ``zoo_core/leaderboard.py``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from zoo_core import leaderboard
+from zoo_core.errors import ConfigError, ZooError
+from zoo_core.expected import check as check_expected
+from zoo_core.registry import TIERS, Registry, resolve_entry, suggest
+
+TRAINING_SECTIONS = ("family", "data", "model", "optim", "train")
+
+
+@dataclass
+class BenchOptions:
+    tier: str
+    out: str | None = None
+    runs_dir: str | None = None
+    readme: str | None = None
+    only: list[str] = field(default_factory=list)
+    reuse: bool = False
+    registry_files: list[str] = field(default_factory=list)
+    data_dir: str | None = None
+    accelerator: str = "auto"
+    progress: bool = False
+
+    def command(self) -> str:
+        parts = ["zoo bench", f"--tier {self.tier}"]
+        parts += [f"--registry {f}" for f in self.registry_files]
+        if self.only:
+            parts.append("--only " + " ".join(self.only))
+        if self.reuse:
+            parts.append("--reuse")
+        return " ".join(parts)
+
+
+def tier_entries(registry: Registry, tier: str, only: list[str] | None = None) -> list[str]:
+    """The entries whose ``tier`` is ``tier``, in registry order; ``only`` narrows them down."""
+    if tier not in TIERS:
+        raise ConfigError(f"--tier: expected one of {', '.join(TIERS)}, got {tier!r}{suggest(tier, TIERS)}")
+    names = [n for n, raw in registry.entries.items() if isinstance(raw.body, dict) and raw.body.get("tier") == tier]
+    if only:
+        for name in only:
+            try:
+                raw = registry.raw(name)
+            except ConfigError as exc:
+                raise ConfigError(f"--only {name}: {exc}") from None
+            if name not in names:
+                theirs = raw.body.get("tier") if isinstance(raw.body, dict) else None
+                raise ConfigError(f"--only {name}: entry '{name}' is not in the {tier} tier "
+                                  f"(its tier: {theirs or 'none'}; {raw.source})")
+        names = [n for n in names if n in only]
+    if not names:
+        raise ConfigError(f"no registry entry has 'tier: {tier}'")
+    return names
+
+
+def _training_part(config: dict) -> dict:
+    return {k: config.get(k) for k in TRAINING_SECTIONS}
+
+
+def _saved_config(run_dir: Path) -> dict | None:
+    """A run's config.yaml resolved again with today's defaults; None if unreadable or invalid now."""
+    from zoo_core.plugins import get_plugins
+
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        body = {k: v for k, v in saved.items() if k not in ("entry", "source")}
+        return resolve_entry(saved["entry"], body, f"{run_dir / 'config.yaml'}", saved.get("source", ""),
+                             get_plugins())
+    except (OSError, yaml.YAMLError, ZooError, AttributeError, KeyError, TypeError):
+        return None
+
+
+def find_reusable(base: Path, config: dict) -> tuple[Path, bool] | None:
+    """The newest finished run under ``base`` trained with ``config``: (run directory, eval settings equal)."""
+    from zoo_core.checkpoint import LAST
+
+    finished = [p for p in base.glob("*") if (p / "metrics.json").is_file() and (p / "checkpoints" / LAST).is_file()]
+    for run_dir in sorted(finished, key=lambda p: (p / "metrics.json").stat().st_mtime, reverse=True):
+        saved = _saved_config(run_dir)
+        if saved is not None and _training_part(saved) == _training_part(config):
+            return run_dir, saved["eval"] == config["eval"]
+    return None
+
+
+def _reuse(run_dir: Path, same_eval: bool, config: dict, opts: BenchOptions) -> tuple[dict, str]:
+    """metrics.json of a finished run; evaluated again when the entry's eval settings changed."""
+    from zoo_core.runner import RunOptions, evaluate
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    how = f"reused {run_dir}"
+    if not same_eval:
+        overrides = [f"eval.{k}={json.dumps(v)}" for k, v in config["eval"].items()]
+        results = evaluate(str(run_dir), RunOptions(overrides=overrides, registry_files=opts.registry_files,
+                                                    accelerator=opts.accelerator, data_dir=opts.data_dir,
+                                                    progress=opts.progress))
+        for split in ("train", "val", "test"):
+            metrics.pop(split, None)
+        metrics.update({k: v for k, v in results.items() if k not in ("entry", "family", "checkpoint", "expected")})
+        how += " (evaluated again: its eval settings differ from the entry's)"
+    metrics["expected"] = check_expected(config["expected"], metrics)  # the registry's expectations now
+    return metrics, how
+
+
+def run(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
+    """Train (or reuse) every entry of the tier, write the leaderboard; returns it."""
+    from zoo_core.runner import RunOptions, runs_root, train
+
+    registry = Registry(opts.registry_files)
+    names = tier_entries(registry, opts.tier, opts.only)
+    configs = {name: registry.resolve(name) for name in names}  # every entry valid before any training
+    out = Path(opts.out or Path("bench") / opts.tier)
+    if opts.readme and not Path(opts.readme).is_file():
+        raise ZooError(f"--readme {opts.readme}: no such file")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ZooError(f"--out {out}: cannot create the directory ({exc.strerror or exc})") from None
+    run_opts = RunOptions(registry_files=opts.registry_files, runs_dir=opts.runs_dir, data_dir=opts.data_dir,
+                          accelerator=opts.accelerator, progress=opts.progress)
+    rows = []
+    for i, name in enumerate(names, 1):
+        config = configs[name]
+        start = time.perf_counter()
+        metrics, error = None, None
+        try:
+            found = find_reusable(runs_root(run_opts) / name, config) if opts.reuse else None
+            if found is not None:
+                metrics, how = _reuse(found[0], found[1], config, opts)
+            else:
+                how = "trained"
+                metrics = train(name, run_opts)
+        except ZooError as exc:
+            how, error = "failed", str(exc)
+        except Exception as exc:  # one entry's bug must not lose the others' results
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            how, error = "failed", f"internal error: {type(exc).__name__}: {first}"
+        seconds = time.perf_counter() - start
+        row = leaderboard.make_row(name, config, metrics, how, error, round(seconds, 1))
+        rows.append(row)
+        log(f"[{i}/{len(names)}] {name}: {how}" + (f": {error}" if error else "") + f" ({seconds:.1f} s)")
+    long, short = leaderboard.machine_description()
+    split = next((r["split"] for r in rows if r["split"]), "test")
+    board = {"tier": opts.tier, "command": opts.command(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+             "machine": long, "machine_short": short, "split": split,
+             "split_note": (f"{split}-set means per example in nats (± standard error) and bits/dim of the "
+                            "original discrete data where the data are discrete"),
+             "rows": rows}
+    (out / "leaderboard.json").write_text(json.dumps(leaderboard.sanitize_for_json(board), indent=2) + "\n")
+    leaderboard.save_picture(board, out / "leaderboard.png")
+    (out / "leaderboard.md").write_text(leaderboard.render_markdown(board, picture="leaderboard.png"))
+    if opts.readme:
+        readme = Path(opts.readme)
+        picture = os.path.relpath((out / "leaderboard.png").resolve(), readme.resolve().parent)
+        leaderboard.replace_in_readme(readme, opts.tier, leaderboard.render_markdown(board, title=False, picture=picture))
+    failed = [r for r in rows if r["error"]]
+    if failed:
+        raise ZooError(f"zoo bench: {len(failed)} of {len(rows)} entries failed ("
+                       + "; ".join(f"{r['entry']}: {r['error']}" for r in failed)
+                       + f"); the leaderboard in {out} shows them as failed")
+    return board

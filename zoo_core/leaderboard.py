@@ -1,0 +1,318 @@
+"""The leaderboard of ``zoo bench``: rows from metrics.json files, a Markdown table, JSON and a picture.
+
+Every figure comes from a run's metrics.json (or eval output); a metric that a run did not
+produce is shown as an em dash, never estimated. Sample quality is the Fréchet distance in a
+classifier's feature space (``fd`` with ``fd_data_floor``) where the run computed it, else the
+sliced Wasserstein-1 distance in data space (``sliced_wasserstein`` with its data floor).
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from zoo_core.errors import ZooError
+from zoo_core.expected import tally
+
+DASH = "\u2014"
+MARKER = "<!-- leaderboard:{tier}:{end} -->"
+
+
+def _split(metrics: dict) -> str | None:
+    """The split the leaderboard reports: test when evaluated, else val."""
+    for split in ("test", "val"):
+        if isinstance(metrics.get(split), dict):
+            return split
+    return None
+
+
+def _get(d: dict | None, *keys: str) -> float | None:
+    """The first of ``keys`` present in ``d`` as a finite number."""
+    for key in keys:
+        v = (d or {}).get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            return float(v)
+    return None
+
+
+def make_row(entry: str, config: dict, metrics: dict | None, how: str, error: str | None = None,
+             bench_seconds: float | None = None) -> dict:
+    """One leaderboard row; ``metrics`` is the run's metrics.json (None when the entry failed)."""
+    metrics = metrics or {}
+    split = _split(metrics)
+    r = metrics.get(split) if split else {}
+    data = config["data"]
+    kind = metrics.get("likelihood")
+    if kind is None:
+        from zoo_core.plugins import get_plugins
+
+        family = get_plugins().families.get(config["family"])
+        kind = family.obj.likelihood if family is not None else None
+    fd = _get(r, "fd")
+    quality = ({"statistic": "FD", "value": fd, "data_floor": _get(r, "fd_data_floor")} if fd is not None else
+               {"statistic": "SW1", "value": _get(r, "sliced_wasserstein", "sw1"),
+                "data_floor": _get(r, "sliced_wasserstein_data_floor", "sw1_data_floor")})
+    run_dir = metrics.get("run_dir")
+    samples = Path(run_dir) / "samples.png" if run_dir else None
+    expected = metrics.get("expected") or []
+    return {
+        "entry": entry, "family": config["family"], "data": data["name"], "representation": data["representation"],
+        "likelihood": kind, "split": split, "bound": (r or {}).get("likelihood"),
+        "nll_nats": _get(r, "nll_nats"), "nll_nats_stderr": _get(r, "nll_nats_stderr"),
+        "bits_per_dim": _get(r, "bits_per_dim"), "nll_gap_nats": _get(r, "nll_gap_nats"),
+        "quality": quality, "mmd2": _get(r, "mmd2"), "mmd2_data_floor": _get(r, "mmd2_data_floor"),
+        "fd": fd, "fd_data_floor": _get(r, "fd_data_floor"), "fd_feature_extractor": (r or {}).get("fd_feature_extractor"),
+        "sliced_wasserstein": _get(r, "sliced_wasserstein", "sw1"),
+        "sliced_wasserstein_data_floor": _get(r, "sliced_wasserstein_data_floor", "sw1_data_floor"),
+        "precision": _get(r, "precision"), "recall": _get(r, "recall"),
+        "train_time_s": _get(metrics, "wall_time_s"), "epochs": metrics.get("epochs"), "steps": metrics.get("steps"),
+        "run_dir": run_dir, "samples_png": str(samples) if samples and samples.is_file() else None,
+        "how": how, "error": error, "bench_seconds": bench_seconds,
+        "expected": expected, "expected_tally": tally(expected),
+    }
+
+
+# ---- formatting -----------------------------------------------------------------------------------
+def fmt(x: float | None, digits: int = 3) -> str:
+    if x is None:
+        return DASH
+    if x != 0 and abs(x) < 10 ** -digits:
+        return f"{x:.1e}"
+    return f"{x:.{digits}f}" if abs(x) < 10 else f"{x:.2f}"
+
+
+def fmt_like(x: float | None, ref: float | None) -> str:
+    """``x`` with as many decimals as ``ref`` gets from ``fmt`` (a standard error beside its mean)."""
+    if x is None:
+        return DASH
+    return f"{x:.2f}" if ref is not None and abs(ref) >= 10 else fmt(x)
+
+
+def fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return DASH
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(round(seconds % 60)):02d} s"
+    return f"{int(seconds // 3600)} h {int(round(seconds % 3600 / 60)):02d} min"
+
+
+def short_bound(text: str | None, width: int = 48) -> str:
+    if not text:
+        return DASH
+    text = text.split(";")[0].strip()
+    return text if len(text) <= width else text[: width - 1].rstrip(" ,") + "\u2026"
+
+
+def _nll_cell(row: dict) -> str:
+    if row["nll_nats"] is None:
+        return DASH
+    stderr = row["nll_nats_stderr"]
+    cell = fmt(row["nll_nats"]) + (f" \u00b1 {fmt_like(stderr, row['nll_nats'])}" if stderr is not None else "")
+    return ("\u2264 " + cell) if row["likelihood"] == "bound" else cell
+
+
+def _quality_cell(row: dict) -> str:
+    q = row["quality"]
+    if q["value"] is None:
+        return DASH
+    return f"{q['statistic']} {fmt(q['value'])} ({fmt(q['data_floor'])})"
+
+
+def _pr_cell(row: dict) -> str:
+    if row["precision"] is None and row["recall"] is None:
+        return DASH
+    return f"{fmt(row['precision'], 2)} / {fmt(row['recall'], 2)}"
+
+
+def _expected_cell(row: dict) -> str:
+    if row["error"]:
+        return "failed"
+    t = row["expected_tally"]
+    checked = t["pass"] + t["fail"] + t["missing"]
+    if not checked and not t["reference"]:
+        return DASH
+    parts = [f"{t['pass']}/{checked} pass"] if checked else []
+    if t["missing"]:
+        parts.append(f"{t['missing']} missing")
+    if t["reference"]:
+        parts.append(f"{t['reference']} ref.")
+    return ", ".join(parts)
+
+
+def _bound_text(e: dict) -> str:
+    v, tol = fmt(e["expected"]), fmt_like(e["tolerance"], e["expected"])
+    return {"within": f"{v} \u00b1 {tol}",
+            "at_most": f"\u2264 {v}" + (f" + {tol}" if e["tolerance"] else ""),
+            "at_least": f"\u2265 {v}" + (f" \u2212 {tol}" if e["tolerance"] else "")}[e["direction"]]
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_tables(board: dict) -> str:
+    """The main table, then every expectation side by side with its source."""
+    head = ("| entry | family | data | likelihood | NLL (nats) | bits/dim | bound | sample quality (data floor) "
+            "| precision / recall | NLL gap (nats) | train time | epochs | expected |")
+    lines = [head, "|" + " --- |" * head.count(" | ") + " --- |"]
+    for r in board["rows"]:
+        data = r["data"] + ("" if r["representation"] == "continuous" else f", {r['representation']}")
+        nll = _nll_cell(r) if not r["error"] else f"failed: {r['error']}"
+        lines.append("| " + " | ".join(_cell(c) for c in (
+            f"`{r['entry']}`", r["family"], data, r["likelihood"] or DASH, nll, fmt(r["bits_per_dim"], 4),
+            short_bound(r["bound"]) if r["nll_nats"] is not None else DASH, _quality_cell(r), _pr_cell(r),
+            fmt(r["nll_gap_nats"]), fmt_time(r["train_time_s"]), r["epochs"] if r["epochs"] is not None else DASH,
+            _expected_cell(r))) + " |")
+    out = ["\n".join(lines)]
+    notes = [f"NLLs are {board['split_note']}; \u2264 marks an upper bound (bound families). Sample quality: FD = "
+             "Fréchet distance (in a classifier's feature space for images, in data space for 2-D data), SW1 = "
+             "sliced Wasserstein-1 in data space (where a run has no FD); in brackets "
+             "the same statistic between two halves of held-out data (what a perfect model would reach). "
+             f"{DASH} = not measured by that run."]
+    expectations = [(r, e) for r in board["rows"] for e in r["expected"]]
+    if expectations:
+        head = "| entry | metric | ours | expected | kind | status | short by | source | compute (theirs / ours) |"
+        lines = [head, "|" + " --- |" * head.count(" | ") + " --- |"]
+        for r, e in expectations:
+            epochs = f"{r['epochs']} epoch{'' if r['epochs'] == 1 else 's'}, " if r["epochs"] is not None else ""
+            ours_compute = f"{epochs}{fmt_time(r['train_time_s'])} on {board['machine_short']}"
+            status = {"pass": "pass", "fail": "**fail**", "missing": "missing", "reference": "reference"}[e["status"]]
+            lines.append("| " + " | ".join(_cell(c) for c in (
+                f"`{r['entry']}`", e["metric"], fmt(e["measured"]), _bound_text(e), e["kind"], status,
+                fmt_like(e["shortfall"], e["expected"]) if e["shortfall"] else ("0" if e["shortfall"] == 0 else DASH),
+                e["source"],
+                f"{e['compute'] or DASH} / {ours_compute}")) + " |")
+        out.append("Expected results (registry `expected`): *published* = a paper's figure for the same model "
+                   "class, *target* = what this entry should reach on the stated compute, *reproduction* = our "
+                   "own earlier run, *reference* = a related published figure for context. *Short by* = how far "
+                   "our figure is behind the stated value.\n\n" + "\n".join(lines))
+    return "\n\n".join(out) + "\n\n" + notes[0] + "\n"
+
+
+def provenance(board: dict) -> str:
+    return f"Generated by `{board['command']}` on {board['date']}, {board['machine']}."
+
+
+def render_markdown(board: dict, title: bool = True, picture: str | None = None) -> str:
+    parts = [f"# Leaderboard: {board['tier']} tier\n"] if title else []
+    parts.append(provenance(board) + "\n")
+    parts.append(markdown_tables(board))
+    if picture:
+        parts.append(f"\n![leaderboard: samples and NLL against training time]({picture})\n")
+    return "\n".join(parts)
+
+
+# ---- the machine -------------------------------------------------------------------------------------
+def machine_description() -> tuple[str, str]:
+    """(long, short) descriptions: CPU model and cores, GPU if any, torch version."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = os.cpu_count() or 1
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    long = (f"{platform.system()} {platform.machine()}, {cpu}, {cores} CPU cores, "
+            f"{'GPU ' + gpu if gpu else 'no GPU'}, torch {torch.__version__}")
+    return long, (gpu or f"{cores}-core CPU")
+
+
+# ---- README ------------------------------------------------------------------------------------------
+def replace_in_readme(readme: str | Path, tier: str, text: str) -> None:
+    """Replace what lies between ``<!-- leaderboard:TIER:begin -->`` and ``...:end -->``."""
+    path = Path(readme)
+    try:
+        content = path.read_text()
+    except OSError as exc:
+        raise ZooError(f"--readme {path}: cannot read ({exc.strerror or exc})") from None
+    begin, end = MARKER.format(tier=tier, end="begin"), MARKER.format(tier=tier, end="end")
+    if content.count(begin) != 1 or content.count(end) != 1:
+        found = f"{content.count(begin)} '{begin}' and {content.count(end)} '{end}'"
+        raise ZooError(f"--readme {path}: expected exactly one '{begin}' ... '{end}' pair of markers "
+                       f"around the {tier} leaderboard, found {found}")
+    i, j = content.index(begin) + len(begin), content.index(end)
+    if j < i:
+        raise ZooError(f"--readme {path}: '{end}' comes before '{begin}'")
+    new = content[:i] + "\n" + text.strip() + "\n" + content[j:]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(new)
+    os.replace(tmp, path)
+
+
+# ---- the picture -------------------------------------------------------------------------------------
+def save_picture(board: dict, path: str | Path) -> None:
+    """Each entry's samples.png side by side, then NLL (bits/dim) and sample quality against training time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = board["rows"]
+    cols = max(1, min(4, len(rows)))
+    sample_rows = math.ceil(len(rows) / cols)
+    fig = plt.figure(figsize=(max(9.0, 4.0 * cols), 2.6 * sample_rows + 3.8))
+    grid = fig.add_gridspec(sample_rows + 1, 2 * cols, height_ratios=[2.6] * sample_rows + [3.4])
+    for i, r in enumerate(rows):
+        ax = fig.add_subplot(grid[i // cols, 2 * (i % cols): 2 * (i % cols) + 2])
+        ax.axis("off")
+        ax.set_title(f"{r['entry']} ({r['family']})", fontsize=9)
+        if r["samples_png"]:
+            ax.imshow(plt.imread(r["samples_png"]))
+        else:
+            ax.text(0.5, 0.5, "failed" if r["error"] else "no samples.png", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=9, color="gray")
+    half = cols
+    ax_nll = fig.add_subplot(grid[sample_rows, :half])
+    ax_q = fig.add_subplot(grid[sample_rows, half:])
+    for r in rows:
+        t = r["train_time_s"]
+        if t is None:
+            continue
+        if r["bits_per_dim"] is not None:
+            bound = r["likelihood"] == "bound"
+            ax_nll.scatter([t], [r["bits_per_dim"]], marker="o", facecolors="none" if bound else "tab:blue",
+                           edgecolors="tab:blue")
+            ax_nll.annotate(r["entry"], (t, r["bits_per_dim"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        q = r["quality"]
+        if q["value"] is not None and q["data_floor"]:
+            ratio = q["value"] / q["data_floor"]
+            ax_q.scatter([t], [ratio], marker="s" if q["statistic"] == "FD" else "^", color="tab:orange")
+            ax_q.annotate(r["entry"], (t, ratio), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    from matplotlib.ticker import NullFormatter
+
+    for ax in (ax_nll, ax_q):
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("training time (s, log scale)")
+        ax.grid(alpha=0.3)
+    ax_nll.set_ylabel(f"{board['split']} NLL (bits/dim)")
+    ax_nll.set_title("NLL against training time\n(hollow: an upper bound)", fontsize=9)
+    ax_q.axhline(1.0, color="gray", lw=0.8, ls="--")
+    ax_q.set_ylabel("sample distance / data floor")
+    ax_q.set_title("sample quality against training time\n(square: FD, triangle: sliced W1; dashed: data floor)",
+                   fontsize=9)
+    fig.suptitle(f"zoo bench --tier {board['tier']}: {board['date']}, {board['machine_short']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def sanitize_for_json(obj):
+    """NaN/inf never reach the JSON file (they are not JSON); absent figures are null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: sanitize_for_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [sanitize_for_json(v) for v in obj]
+    return obj
+
