@@ -187,7 +187,7 @@ def test_data_dir_that_is_a_file(tmp_path, capsys, offline):
 def test_missing_data_dir_names_where_to_put_the_files(tmp_path, capsys, offline):
     d = tmp_path / "nowhere"
     err = _train_error(capsys, d)
-    assert "could not be downloaded" in err and f"put the four MNIST files" in err and str(d / "mnist") in err
+    assert "could not be downloaded" in err and "put the four MNIST files" in err and str(d / "mnist") in err
 
 
 def test_unreadable_data_dir(tmp_path, capsys, offline, monkeypatch):

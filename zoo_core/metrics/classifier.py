@@ -7,10 +7,13 @@ downloaded here, so, as is common for MNIST, the zoo trains its own classifier o
 dataset and representation and uses its penultimate layer as the feature space (for the Fréchet
 distance and for precision/recall).
 
-- ``digits`` (8x8): an MLP 64-256-64-10 trained on the digits training split of seed 0
-  (the split ``DigitsDataModule(seed=0)`` makes), tested on that seed's test split.
+- ``digits`` (8x8): an MLP 64-256-64-11, 200 epochs on the digits training split of seed 0
+  (the split ``DigitsDataModule(seed=0)`` makes; runs with another seed evaluate on test digits
+  that may be among these), tested on that seed's 300 test digits: 92.3% binarised (one fixed
+  binarisation), 97.0% dequantised; about 5-6 s of one CPU core.
 - ``mnist`` (28x28): a CNN (two 3x3 conv + max-pool stages, 16 and 32 channels, then 128
-  hidden units) trained on the 50,000 training images, tested on the 10,000 t10k images.
+  hidden units), 3 epochs on the 50,000 training images, tested on the 10,000 t10k images:
+  98.7% binarised; about 40 s of one CPU core.
 
 Inputs are the dataset's representation in [0, 1]: ``binarized`` classifiers see freshly
 binarised images every epoch (Bernoulli of the intensities), ``dequantized`` ones (k + u) / L.
