@@ -4,9 +4,10 @@ Each measurement is a fresh process (``--child``) that builds the entry's datamo
 trains ``--steps`` steps with one arm (``_common.run_runner`` / ``_common.run_plain``, the same
 code the throughput benchmark times) and reports:
 
-- CPU: the peak resident set size of the process (``resource.getrusage(RUSAGE_SELF).ru_maxrss``),
-  once when the model and the data are built (before training) and once at the end; the
-  difference is what training added;
+- CPU: the peak resident set size of the whole process (``resource.getrusage(RUSAGE_SELF).ru_maxrss``,
+  which loading MNIST may set before training starts), and the peak during training alone:
+  Linux's high-water mark (``VmHWM``) is reset when the model and data are built (writing 5 to
+  ``/proc/self/clear_refs``) and read at the end, next to the RSS at that reset;
 - CUDA: ``torch.cuda.max_memory_allocated`` from the moment training starts (the model is
   still on the host then), i.e. the tensors of the training run only.
 
@@ -34,6 +35,25 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
+def _status_mb(field: str) -> float:
+    """VmRSS / VmHWM of this process from /proc/self/status, in MB (nan where unavailable)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
 def child(args) -> None:
     sys.path.insert(0, str(HERE))
     import _common
@@ -45,13 +65,15 @@ def child(args) -> None:
     seen: dict[str, float] = {}
 
     def on_built(model) -> None:
-        seen["rss_before_mb"] = _rss_mb()
+        seen["rss_before_mb"] = _status_mb("VmRSS")
+        seen["training_peak_valid"] = _reset_peak_rss()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
     run = _common.run_runner if args.child == "runner" else _common.run_plain
     run(config, device, max(1, args.steps // 5), data_dir=args.data_dir, on_built=on_built)
-    out = {**seen, "rss_peak_mb": _rss_mb()}
+    out = {**seen, "rss_peak_mb": _rss_mb(),
+           "rss_training_peak_mb": _status_mb("VmHWM") if seen["training_peak_valid"] else float("nan")}
     if device.type == "cuda":
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     print("RESULT " + json.dumps(out), flush=True)
@@ -85,7 +107,7 @@ def main(argv=None) -> int:
     if args.child:
         child(args)
         return 0
-    keys = ["rss_peak_mb", "rss_before_mb"] + (["cuda_peak_mb"] if args.device == "cuda" else [])
+    keys = ["rss_peak_mb", "rss_before_mb", "rss_training_peak_mb"] + (["cuda_peak_mb"] if args.device == "cuda" else [])
     print(f"# peak memory: runner vs plain loop, {args.steps} steps, fresh process per run, device {args.device}", flush=True)
     results = []
     for entry in args.entries:
@@ -94,16 +116,17 @@ def main(argv=None) -> int:
             for arm in (("runner", "plain") if r % 2 == 0 else ("plain", "runner")):
                 got[arm].append(run_child(arm, entry, args))
         med = {arm: {k: statistics.median(run[k] for run in runs) for k in keys} for arm, runs in got.items()}
-        for arm in med:
-            med[arm]["rss_training_mb"] = med[arm]["rss_peak_mb"] - med[arm]["rss_before_mb"]
         res = {"entry": entry, "steps": args.steps, "device": args.device, "precision": args.precision,
                "runs": got, "median": med}
         results.append(res)
-        spread = {arm: max(r["rss_peak_mb"] for r in runs) - min(r["rss_peak_mb"] for r in runs) for arm, runs in got.items()}
-        line = (f"{entry:<12} peak RSS runner {med['runner']['rss_peak_mb']:.0f} MB, plain {med['plain']['rss_peak_mb']:.0f} MB, "
-                f"ratio {med['runner']['rss_peak_mb'] / med['plain']['rss_peak_mb']:.2f} "
-                f"(spread {spread['runner']:.0f}/{spread['plain']:.0f} MB); added by training: runner "
-                f"{med['runner']['rss_training_mb']:.0f} MB, plain {med['plain']['rss_training_mb']:.0f} MB")
+        spread = {arm: max(r["rss_training_peak_mb"] for r in runs) - min(r["rss_training_peak_mb"] for r in runs)
+                  for arm, runs in got.items()}
+        run, plain = med["runner"], med["plain"]
+        line = (f"{entry:<12} peak RSS during training: runner {run['rss_training_peak_mb']:.0f} MB, plain "
+                f"{plain['rss_training_peak_mb']:.0f} MB, ratio {run['rss_training_peak_mb'] / plain['rss_training_peak_mb']:.3f} "
+                f"(spread {spread['runner']:.0f}/{spread['plain']:.0f} MB; RSS when training started "
+                f"{run['rss_before_mb']:.0f}/{plain['rss_before_mb']:.0f} MB); whole-process peak "
+                f"{run['rss_peak_mb']:.0f}/{plain['rss_peak_mb']:.0f} MB")
         if args.device == "cuda":
             line += (f"; CUDA peak runner {med['runner']['cuda_peak_mb']:.1f} MB, plain {med['plain']['cuda_peak_mb']:.1f} MB, "
                      f"ratio {med['runner']['cuda_peak_mb'] / max(med['plain']['cuda_peak_mb'], 1e-9):.2f}")

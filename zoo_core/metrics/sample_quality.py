@@ -18,13 +18,11 @@ import math
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from zoo_core.metrics.base import Metric
-from zoo_core.plugins import check_samples
+from zoo_core.metrics.features import SEED, HeldOut, model_samples, split_halves
 
-SEED = 2024
 PROJECTIONS = 256
 
 
@@ -71,35 +69,18 @@ class SampleQuality(Metric):
                 f"in data space (flattened); *_data_floor: the same between two halves of held-out data")
 
     def reset(self) -> None:
-        self._held_out: list[Tensor] = []
-        self._count = 0
+        self._held_out = HeldOut()
 
     def update(self, model, x: Tensor) -> None:
-        if self._count < 2 * self.n:
-            self._held_out.append(x.detach().reshape(len(x), -1).double().cpu())
-            self._count += len(x)
-
-    def _gathered(self) -> Tensor:
-        local = torch.cat(self._held_out) if self._held_out else torch.zeros(0, 1, dtype=torch.float64)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            parts: list = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, local)
-            local = torch.cat([p for p in parts if len(p)])
-        return local
+        self._held_out.update(x)
 
     def compute(self, model) -> dict[str, Any]:
-        data = self._gathered()
+        data = self._held_out.gathered()  # the whole split, in order, identical on every rank
         n = min(self.n, len(data) // 2)
         if n < 2:
             return {}
-        gen = torch.Generator().manual_seed(SEED)
-        data = data[torch.randperm(len(data), generator=gen)]
-        reference, other_half = data[:n], data[n:2 * n]
-        with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []), torch.no_grad():
-            torch.manual_seed(SEED)
-            samples = model.sample((n,))
-            check_samples(model, samples, (n,))
-            samples = samples.reshape(n, -1).double().cpu()
+        reference, other_half = (h.reshape(n, -1).double() for h in split_halves(data, n))
+        samples = model_samples(model, n).reshape(n, -1).double()  # shared with the other sample metrics
         if not torch.isfinite(samples).all():
             return {"mmd2": math.nan, "sliced_wasserstein": math.nan, "quality_samples": n}
         bandwidth = median_bandwidth(reference)
