@@ -189,8 +189,12 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
         if trainer is not None and getattr(trainer.precision_plugin, "scaler", None) is not None:
             return
         params = [(g, p) for g, group in enumerate(optimizer.param_groups) for p in group["params"] if p.grad is not None]
-        finite = (torch.stack([torch.isfinite(p.grad).all() for _, p in params]).tolist()  # (P,), one sync
-                  if params else [])
+        # One cheap pass (a NaN or inf in a gradient makes its sum non-finite) and one host sync; the
+        # per-parameter scan runs only when it fires (a finite sum that overflows just triggers the scan).
+        sums = torch.stack([p.grad.sum().float() for _, p in params]) if params else torch.zeros(0)  # (P,)
+        suspicious = not bool(torch.isfinite(sums).all())
+        finite = (torch.stack([torch.isfinite(p.grad).all() for _, p in params]).tolist()  # (P,)
+                  if suspicious else [True] * len(params))
         if not self._any_rank(not all(finite)):
             return
         names = {id(p): n for n, p in self.named_parameters()}
