@@ -107,12 +107,16 @@ def test_sample_writes_each_format(cli, trained_run, tmp_path, suffix):
 
 def test_resume_continues_the_latest_run(trained_run):
     runs = trained_run.parent.parent
+    first_log = (trained_run / "logs" / "metrics.csv").read_text()
     result = run_zoo("train", "gmm-moons", "--resume", "--max-epochs", "3", "--runs-dir", runs, "--no-progress",
                      "--accelerator", "cpu")
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["epochs"] == 3 and metrics["steps"] == 3 * 40
     assert not (runs / "gmm-moons" / "version_1").exists()
+    # the first start's logs survive (Lightning's CSV logger would delete them); the resumption logs beside them
+    assert (trained_run / "logs" / "metrics.csv").read_text() == first_log
+    assert "train/loss" in (trained_run / "logs-resume1" / "metrics.csv").read_text()
 
 
 # ---- bad input: one line on stderr, non-zero exit -------------------------------------------

@@ -131,7 +131,7 @@ def build_trainer(opts: RunOptions, config: dict, run_dir: Path | None, *, train
     )
     if not training:
         return pl.Trainer(logger=False, enable_checkpointing=False, default_root_dir=run_dir, **kwargs)
-    loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="logs")]
+    loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version=_log_version(run_dir))]
     if opts.wandb:
         loggers.append(_wandb_logger(config, run_dir))
     # Two callbacks: Lightning 2.6 writes save_last's last.ckpt only when the monitored top-k file
@@ -172,6 +172,16 @@ class OptimOverride(pl.Callback):
                         group[key] = tuple(value) if key == "betas" else float(value)
         for config in trainer.lr_scheduler_configs:
             config.scheduler.base_lrs = [lr * self.ratio for lr in config.scheduler.base_lrs]
+
+
+def _log_version(run_dir: Path) -> str:
+    """``logs`` for a run's first start, ``logs-resume1``, ``logs-resume2``, ... for each resumption:
+    Lightning's CSV logger deletes an existing metrics.csv, and earlier logs must not be lost."""
+    name, n = "logs", 0
+    while (run_dir / name / "metrics.csv").exists():
+        n += 1
+        name = f"logs-resume{n}"
+    return name
 
 
 def _wandb_logger(config: dict, run_dir: Path):
