@@ -138,3 +138,14 @@ def test_checkpoint_is_written_by_the_atomic_writer(run_dir):
     trainer = build_trainer(RunOptions(accelerator="cpu", progress=False), config, run_dir, training=True)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["zoo_rng"]["per_rank"]
+
+
+def test_last_checkpoint_is_the_latest_epoch_when_validation_is_sparse(tmp_path):
+    """Validation every 5 epochs must not leave last.ckpt at epoch 5 of a 7-epoch run."""
+    from conftest import run_zoo
+
+    result = run_zoo("train", "gmm-moons", "--set", "train.check_val_every_n_epoch=5", "--max-epochs", "7",
+                     "--runs-dir", tmp_path, "--no-progress", "--accelerator", "cpu")
+    assert result.returncode == 0, result.stderr[-2000:]
+    checkpoint = torch.load(tmp_path / "gmm-moons" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["epoch"] == 6 and checkpoint["global_step"] == 7 * 40

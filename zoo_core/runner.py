@@ -136,8 +136,9 @@ def build_trainer(opts: RunOptions, config: dict, run_dir: Path | None, *, train
         loggers.append(_wandb_logger(config, run_dir))
     # Two callbacks: Lightning 2.6 writes save_last's last.ckpt only when the monitored top-k file
     # is saved too, which would make "last" the best; here last.ckpt is always the latest epoch.
+    # save_on_train_epoch_end: every epoch, also when validation runs only every n epochs.
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename=LAST.removesuffix(".ckpt"), monitor=None,
-                           save_top_k=1, enable_version_counter=False)
+                           save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True)
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}-step{step}",
                            auto_insert_metric_name=False, save_top_k=1, monitor="val/loss", mode="min")
     callbacks: list = [RngStates(), last, best]
