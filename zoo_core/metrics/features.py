@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from zoo_core.metrics.base import Metric
 from zoo_core.metrics.classifier import FeatureExtractor, broadcast_weights, get_feature_extractor, has_classifier
 from zoo_core.plugins import check_samples
 
@@ -146,3 +147,26 @@ def space_description(model) -> str:
         return extractor_for(model).describe()
     except Exception as exc:  # e.g. the data for training it are not found yet: said, not fatal here
         return f"{model.data_spec.name}-{model.data_spec.representation} classifier features (not available: {exc})"
+
+
+class SampleMetric(Metric):
+    """Base of the metrics that compare n model samples with n held-out examples of the evaluated
+    split (n = ``eval.quality_samples``, at most half the split)."""
+
+    def __init__(self, **settings: Any):
+        super().__init__(**settings)
+        self.n = int(settings.get("quality_samples") or DEFAULT_SAMPLES)
+        self.held_out = HeldOut()
+
+    def reset(self) -> None:
+        self.held_out.reset()
+
+    def update(self, model, x: Tensor) -> None:
+        self.held_out.update(x)
+
+    def halves(self, minimum: int = 2) -> tuple[Tensor, Tensor] | None:
+        """(reference, other half), each (n, *event_shape), from the whole split gathered over ranks;
+        None when the split has fewer than 2 * ``minimum`` examples."""
+        data = self.held_out.gathered()
+        n = min(self.n, len(data) // 2)
+        return split_halves(data, n) if n >= minimum else None

@@ -26,10 +26,8 @@ import torch
 from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from zoo_core.metrics.base import Metric
 from zoo_core.errors import ZooError
-from zoo_core.metrics.features import (DEFAULT_SAMPLES, HeldOut, applies, feature_module, model_samples,
-                                       space_description, split_halves)
+from zoo_core.metrics.features import SampleMetric, applies, feature_module, model_samples, space_description
 
 log = logging.getLogger("zoo")
 
@@ -44,17 +42,13 @@ def frechet_distance(reference: Tensor, other: Tensor, feature: torch.nn.Module)
         return float(fid.compute())
 
 
-class FrechetDistance(Metric):
+class FrechetDistance(SampleMetric):
     """Fréchet distance in classifier-feature space (images) or data space (2-D), with the data floor."""
 
     name = "frechet"
     summary = ("Fréchet distance between Gaussian fits to features of samples and held-out data "
                "(zoo classifier features for images, data space for 2-D), with its two-halves data floor")
 
-    def __init__(self, **settings: Any):
-        super().__init__(**settings)
-        self.n = int(settings.get("quality_samples") or DEFAULT_SAMPLES)
-        self.held_out = HeldOut()
 
     def applies_to(self, model) -> bool:
         return applies(model)
@@ -66,18 +60,12 @@ class FrechetDistance(Metric):
                 f"between two disjoint halves of held-out data (what a perfect model scores at this n)"
                 + ("; images clamped to [0, 1]" if model.data_spec.is_image else ""))
 
-    def reset(self) -> None:
-        self.held_out.reset()
-
-    def update(self, model, x: Tensor) -> None:
-        self.held_out.update(x)
-
     def compute(self, model) -> dict[str, Any]:
-        data = self.held_out.gathered()
-        n = min(self.n, len(data) // 2)
-        if n < 2:
+        halves = self.halves()
+        if halves is None:
             return {}
-        reference, other_half = split_halves(data, n)
+        reference, other_half = halves
+        n = len(reference)
         try:
             feature = feature_module(model)
         except ZooError as exc:  # reported in metrics.json rather than losing the whole evaluation

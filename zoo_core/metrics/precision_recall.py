@@ -28,10 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from zoo_core.metrics.base import Metric
 from zoo_core.errors import ZooError
-from zoo_core.metrics.features import (DEFAULT_SAMPLES, HeldOut, applies, feature_module, model_samples,
-                                       space_description, split_halves)
+from zoo_core.metrics.features import SampleMetric, applies, feature_module, model_samples, space_description
 
 log = logging.getLogger("zoo")
 
@@ -74,17 +72,13 @@ def precision_recall(real: Tensor, fake: Tensor, k: int = K) -> dict[str, float]
     }
 
 
-class PrecisionRecall(Metric):
+class PrecisionRecall(SampleMetric):
     """k-NN precision/recall (k=3) and density/coverage in classifier-feature or data space."""
 
     name = "precision_recall"
     summary = ("k-NN (k=3) precision/recall (Kynkäänniemi 2019) and density/coverage (Naeem 2020) of samples "
                "vs held-out data, in classifier features (images) or data space (2-D)")
 
-    def __init__(self, **settings: Any):
-        super().__init__(**settings)
-        self.n = int(settings.get("quality_samples") or DEFAULT_SAMPLES)
-        self.held_out = HeldOut()
 
     def applies_to(self, model) -> bool:
         return applies(model)
@@ -95,18 +89,12 @@ class PrecisionRecall(Metric):
                 f"the split) in {space_description(model)}, n = min({self.n}, half the split); *_data_floor: the "
                 f"same between two disjoint halves of held-out data (what a perfect model scores at this n)")
 
-    def reset(self) -> None:
-        self.held_out.reset()
-
-    def update(self, model, x: Tensor) -> None:
-        self.held_out.update(x)
-
     def compute(self, model) -> dict[str, Any]:
-        data = self.held_out.gathered()
-        n = min(self.n, len(data) // 2)
-        if n <= K:
+        halves = self.halves(minimum=K + 1)
+        if halves is None:
             return {}
-        reference, other_half = split_halves(data, n)
+        reference, other_half = halves
+        n = len(reference)
         try:
             feature = feature_module(model)
         except ZooError as exc:  # reported in metrics.json rather than losing the whole evaluation

@@ -20,8 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from zoo_core.metrics.base import Metric
-from zoo_core.metrics.features import SEED, HeldOut, model_samples, split_halves
+from zoo_core.metrics.features import SEED, SampleMetric, model_samples
 
 PROJECTIONS = 256
 
@@ -52,34 +51,24 @@ def median_bandwidth(x: Tensor) -> float:
     return float(d.median()) if len(d) else 1.0
 
 
-class SampleQuality(Metric):
+class SampleQuality(SampleMetric):
     """MMD^2 and sliced Wasserstein-1 between model samples and held-out data (data space)."""
 
     name = "sample_quality"
     summary = ("MMD^2 and sliced Wasserstein-1 between samples and held-out data in data space, "
                "with their two-halves data floor")
 
-    def __init__(self, **settings: Any):
-        super().__init__(**settings)
-        self.n = int(settings.get("quality_samples") or 2000)
-
     def describe(self, model) -> str:
         return (f"MMD^2 (Gaussian kernel, median-distance bandwidth) and sliced Wasserstein-1 "
                 f"({PROJECTIONS} directions) between {self.n} samples and {self.n} held-out examples, "
                 f"in data space (flattened); *_data_floor: the same between two halves of held-out data")
 
-    def reset(self) -> None:
-        self._held_out = HeldOut()
-
-    def update(self, model, x: Tensor) -> None:
-        self._held_out.update(x)
-
     def compute(self, model) -> dict[str, Any]:
-        data = self._held_out.gathered()  # the whole split, in order, identical on every rank
-        n = min(self.n, len(data) // 2)
-        if n < 2:
+        halves = self.halves()  # from the whole split, in order, identical on every rank
+        if halves is None:
             return {}
-        reference, other_half = (h.reshape(n, -1).double() for h in split_halves(data, n))
+        n = len(halves[0])
+        reference, other_half = (h.reshape(n, -1).double() for h in halves)
         samples = model_samples(model, n).reshape(n, -1).double()  # shared with the other sample metrics
         if not torch.isfinite(samples).all():
             return {"mmd2": math.nan, "sliced_wasserstein": math.nan, "quality_samples": n}
