@@ -113,6 +113,7 @@ def test_resume_continues_the_latest_run(trained_run):
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["epochs"] == 3 and metrics["steps"] == 3 * 40
+    assert metrics["train_time_total_s"] > metrics["wall_time_s"] > 0  # the first start's time is counted too
     assert not (runs / "gmm-moons" / "version_1").exists()
     # the first start's logs survive (Lightning's CSV logger would delete them); the resumption logs beside them
     assert (trained_run / "logs" / "metrics.csv").read_text() == first_log

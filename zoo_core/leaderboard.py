@@ -67,7 +67,7 @@ def make_row(entry: str, config: dict, metrics: dict | None, how: str, error: st
         "sliced_wasserstein": _get(r, "sliced_wasserstein", "sw1"),
         "sliced_wasserstein_data_floor": _get(r, "sliced_wasserstein_data_floor", "sw1_data_floor"),
         "precision": _get(r, "precision"), "recall": _get(r, "recall"),
-        "train_time_s": _get(metrics, "wall_time_s"), "epochs": metrics.get("epochs"), "steps": metrics.get("steps"),
+        "train_time_s": _train_time(metrics), "epochs": metrics.get("epochs"), "steps": metrics.get("steps"),
         "run_dir": run_dir, "samples_png": str(samples) if samples and samples.is_file() else None,
         "how": how, "error": error, "bench_seconds": bench_seconds,
         "expected": expected, "expected_tally": tally(expected),
@@ -316,3 +316,10 @@ def sanitize_for_json(obj):
         return [sanitize_for_json(v) for v in obj]
     return obj
 
+
+def _train_time(metrics: dict) -> float | None:
+    """Training time over every start of the run; this start's alone for runs that predate the total
+    (metrics.json without ``train_time_total_s``); None when a resumed run's earlier time is unknown."""
+    if "train_time_total_s" in metrics:
+        return metrics["train_time_total_s"]
+    return _get(metrics, "wall_time_s")

@@ -141,7 +141,7 @@ def build_trainer(opts: RunOptions, config: dict, run_dir: Path | None, *, train
                            save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True)
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}-step{step}",
                            auto_insert_metric_name=False, save_top_k=1, monitor="val/loss", mode="min")
-    callbacks: list = [RngStates(), last, best]
+    callbacks: list = [RngStates(), TrainClock(), last, best]
     if train.get("checkpoint_every_n_steps"):
         callbacks.insert(1, StepCheckpoint(run_dir / "checkpoints" / LAST, train["checkpoint_every_n_steps"]))
     return pl.Trainer(
@@ -150,6 +150,31 @@ def build_trainer(opts: RunOptions, config: dict, run_dir: Path | None, *, train
         log_every_n_steps=train["log_every_n_steps"], check_val_every_n_epoch=train["check_val_every_n_epoch"],
         limit_train_batches=train["limit_train_batches"], default_root_dir=run_dir, logger=loggers,
         callbacks=callbacks, plugins=[AtomicCheckpointIO()], **kwargs)
+
+
+class TrainClock(pl.Callback):
+    """Training time summed over every start of a run: a checkpoint carries the time spent so far
+    (``zoo_train_time_s``), and a resumed run adds its own. Unknown (None) after resuming from a
+    checkpoint written before this existed."""
+
+    KEY = "zoo_train_time_s"
+
+    def __init__(self):
+        self.before: float | None = 0.0
+        self.start: float | None = None
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self.before = checkpoint.get(self.KEY)
+
+    def total(self, now: float | None = None) -> float | None:
+        """Time before this start plus this start's, from ``start`` (set by the runner as ``fit`` begins)."""
+        if self.before is None:
+            return None
+        now = time.perf_counter() if now is None else now
+        return self.before + (now - self.start if self.start is not None else 0.0)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[self.KEY] = self.total()
 
 
 class OptimOverride(pl.Callback):
@@ -364,7 +389,8 @@ def train(entry: str, opts: RunOptions | None = None) -> dict:
         _share_cpu_cores(trainer)
         if trainer.is_global_zero:
             write_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-        start = time.perf_counter()
+        clock = next(c for c in trainer.callbacks if isinstance(c, TrainClock))
+        start = clock.start = time.perf_counter()
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
         except TrainingDiverged as exc:
@@ -379,13 +405,15 @@ def train(entry: str, opts: RunOptions | None = None) -> dict:
             first = str(exc).strip().splitlines()[0].split("] ", 1)[-1][:200]
             raise ZooError(f"training stopped: a process of this {trainer.world_size}-process run was lost "
                            f"({first}); {_resume_hint(entry, run_dir, 'the last checkpoint')}") from None
-        wall = time.perf_counter() - start
+        end = time.perf_counter()
+        wall, total = end - start, clock.total(end)
         ddp = _gather_digests(model, trainer)
         callback = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         results = run_metrics(trainer, model, datamodule, config)
     metrics = {
         "entry": entry, "family": config["family"], "likelihood": model.likelihood, "run_dir": str(run_dir),
-        "wall_time_s": round(wall, 3), "epochs": trainer.current_epoch, "steps": trainer.global_step,
+        "wall_time_s": round(wall, 3),
+        "train_time_total_s": round(total, 3) if total is not None else None, "epochs": trainer.current_epoch, "steps": trainer.global_step,
         "val_during_training": _with_bits(callback, model), **results, "ddp": ddp,
     }
     # expected results (zoo_core/expected.py): the entry's as resolved, or the registry's now when resuming
