@@ -120,6 +120,12 @@ def test_reuse_retrains_on_other_training_config_and_reevaluates_on_other_eval(b
     assert sorted(p.name for p in (runs / "tiny-gan").iterdir()) == ["version_0"]
     assert (runs / "tiny-gan" / "version_0" / "eval_test.json").is_file()
     assert gan["quality"]["value"] is not None
+    # once more: that evaluation (made with these eval settings, after the last checkpoint) is taken as it is
+    evaluation = runs / "tiny-gan" / "version_0" / "eval_test.json"
+    stamp = evaluation.stat().st_mtime_ns
+    again = _bench(root, reuse=True, registry_files=[str(tmp_path / "tiny.yaml")], out=str(tmp_path / "out2"))
+    assert "earlier evaluation eval_test.json" in again["rows"][1]["how"] and evaluation.stat().st_mtime_ns == stamp
+    assert again["rows"][1]["quality"] == gan["quality"]
 
 
 def test_failed_entry_is_a_row_and_an_error_after_the_others(benched, tmp_path, monkeypatch):

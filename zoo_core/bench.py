@@ -112,16 +112,37 @@ def _reuse(run_dir: Path, same_eval: bool, config: dict, opts: BenchOptions) -> 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     how = f"reused {run_dir}"
     if not same_eval:
-        overrides = [f"eval.{k}={json.dumps(v)}" for k, v in config["eval"].items()]
-        results = evaluate(str(run_dir), RunOptions(overrides=overrides, registry_files=opts.registry_files,
-                                                    accelerator=opts.accelerator, data_dir=opts.data_dir,
-                                                    progress=opts.progress))
+        results = _earlier_evaluation(run_dir, config)
+        if results is not None:
+            how += f" (with its earlier evaluation {results['_file']}, made with the entry's eval settings)"
+            results.pop("_file")
+        else:
+            overrides = [f"eval.{k}={json.dumps(v)}" for k, v in config["eval"].items()]
+            results = evaluate(str(run_dir), RunOptions(overrides=overrides, registry_files=opts.registry_files,
+                                                        accelerator=opts.accelerator, data_dir=opts.data_dir,
+                                                        progress=opts.progress))
+            how += " (evaluated again: its eval settings differ from the entry's)"
         for split in ("train", "val", "test"):
             metrics.pop(split, None)
-        metrics.update({k: v for k, v in results.items() if k not in ("entry", "family", "checkpoint", "expected")})
-        how += " (evaluated again: its eval settings differ from the entry's)"
+        metrics.update({k: v for k, v in results.items() if k not in ("entry", "family", "checkpoint", "expected", "eval")})
     metrics["expected"] = check_expected(config["expected"], metrics)  # the registry's expectations now
     return metrics, how
+
+
+def _earlier_evaluation(run_dir: Path, config: dict) -> dict | None:
+    """A ``zoo eval`` result in ``run_dir`` made with exactly the entry's eval settings, after the
+    run's last checkpoint was written; None if there is none."""
+    from zoo_core.checkpoint import LAST
+
+    path = run_dir / f"eval_{'_'.join(config['eval']['splits'])}.json"
+    try:
+        results = json.loads(path.read_text())
+        fresh = path.stat().st_mtime >= (run_dir / "checkpoints" / LAST).stat().st_mtime
+    except (OSError, ValueError):
+        return None
+    if not fresh or results.get("eval") != config["eval"]:
+        return None
+    return {**results, "_file": path.name}
 
 
 def run(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:

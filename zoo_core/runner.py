@@ -505,7 +505,7 @@ def evaluate(path: str, opts: RunOptions | None = None, splits: list[str] | None
     _, run_dir = resolve_checkpoint(path)
     trainer = build_trainer(opts, config, run_dir, training=False)
     results = {"entry": config["entry"], "family": config["family"], "checkpoint": str(ckpt),
-               **run_metrics(trainer, model, datamodule, config)}
+               "eval": config["eval"], **run_metrics(trainer, model, datamodule, config)}
     results["expected"] = check_expected(expectations_for(config, opts.registry_files), results)
     if trainer.is_global_zero and run_dir is not None:
         _write_json(run_dir / f"eval_{'_'.join(config['eval']['splits'])}.json", results)
