@@ -149,3 +149,10 @@ def test_last_checkpoint_is_the_latest_epoch_when_validation_is_sparse(tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     checkpoint = torch.load(tmp_path / "gmm-moons" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["epoch"] == 6 and checkpoint["global_step"] == 7 * 40
+
+
+def test_resume_removes_temporary_files_of_a_process_killed_mid_save(run_dir):
+    stale = run_dir / "checkpoints" / ".last.ckpt.tmp-999999"
+    stale.write_bytes(b"half a checkpoint")
+    assert main(["train", "gmm-moons", "--resume", str(run_dir), "--max-epochs", "3", *TINY]) == 0
+    assert not stale.exists() and read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 2

@@ -388,6 +388,8 @@ def train(entry: str, opts: RunOptions | None = None) -> dict:
                 trainer.callbacks.append(OptimOverride(saved_optim, config["optim"]))
         _share_cpu_cores(trainer)
         if trainer.is_global_zero:
+            for stale in (run_dir / "checkpoints").glob(".*.tmp-*"):  # left by a process killed mid-save
+                stale.unlink(missing_ok=True)
             write_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         clock = next(c for c in trainer.callbacks if isinstance(c, TrainClock))
         start = clock.start = time.perf_counter()
@@ -453,16 +455,16 @@ def run_metrics(trainer: pl.Trainer, model, datamodule, config: dict) -> dict:
     model.configure_evaluation(config["eval"])
     metrics = [plugins.metric(name)(**config["eval"]) for name in config["eval"]["metrics"]]
     metrics = [m for m in metrics if m.applies_to(model)]
-    out: dict[str, Any] = {"metric_descriptions": {m.name: m.describe(model) for m in metrics}}
-    if not metrics:
-        return out
-    for split in config["eval"]["splits"]:
+    results: dict[str, Any] = {}
+    for split in config["eval"]["splits"] if metrics else []:
         model.zoo_metrics = metrics
         datamodule.test_split = split
         trainer.test(model, datamodule=datamodule, verbose=False)
-        out[split] = dict(model.zoo_results)
+        results[split] = dict(model.zoo_results)
     model.zoo_metrics = []
-    return out
+    # described after measuring: a description may name what the measurement set up (e.g. the
+    # feature classifier, trained or loaded from the data the trainer's datamodule points at)
+    return {"metric_descriptions": {m.name: m.describe(model) for m in metrics}, **results}
 
 
 def _save_picture(model, datamodule, config: dict, path: Path) -> None:
