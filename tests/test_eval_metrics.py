@@ -188,6 +188,18 @@ def test_classifier_training_is_deterministic_and_a_corrupt_cache_is_retrained(c
     assert torch.equal(first(x), again(x)) and first.accuracy == again.accuracy
 
 
+def test_classifier_trains_inside_an_evaluation_under_inference_mode_and_bf16_autocast(cheap_digits_recipe):
+    """The first evaluation that needs a classifier trains it inside Lightning's test loop: inference
+    mode, and autocast under bf16-mixed; training must not depend on the caller's modes."""
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = clf.get_feature_extractor("digits", "binarized")
+    clf._LOADED.clear()
+    clf.classifier_path("digits", "binarized").unlink()
+    outside = clf.get_feature_extractor("digits", "binarized")
+    x = DigitsDataModule(representation="binarized", seed=0).eval_data("test")[:50]
+    assert torch.equal(inside(x), outside(x)) and inside.accuracy == outside.accuracy
+
+
 def test_recipe_changes_change_the_cache_file(cheap_digits_recipe):
     before = clf.classifier_path("digits", "binarized")
     clf.RECIPES["digits"] = clf.Recipe(arch="mlp", features=16, hidden=32, epochs=6, batch_size=64, lr=2e-3,

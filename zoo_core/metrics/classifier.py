@@ -194,7 +194,20 @@ def junk_images(x: Tensor, gen: torch.Generator) -> Tensor:
 
 # ---- training ----------------------------------------------------------------------------------------
 def train_classifier(dataset: str, representation: str, recipe: Recipe, data_dir=None) -> tuple[ClassifierNet, dict]:
-    """Train on the CPU, seeded; returns the net and its facts (test accuracy, seconds, sizes)."""
+    """Train on the CPU, seeded; returns the net and its facts (test accuracy, seconds, sizes).
+
+    Usually called from inside an evaluation (Lightning's test loop runs under inference mode, and
+    maybe under bf16/fp16 autocast): gradients and full precision are switched back on here."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.enable_grad())
+        stack.enter_context(torch.autocast("cpu", enabled=False))
+        if torch.cuda.is_available():
+            stack.enter_context(torch.autocast("cuda", enabled=False))
+        return _train_classifier(dataset, representation, recipe, data_dir)
+
+
+def _train_classifier(dataset: str, representation: str, recipe: Recipe, data_dir) -> tuple[ClassifierNet, dict]:
     x_levels, y, xt_levels, yt, num_levels = _labelled_splits(dataset, data_dir)
     start, cpu_start = time.perf_counter(), time.process_time()
     gen = torch.Generator().manual_seed(recipe.seed)
