@@ -17,15 +17,19 @@ model's samples and the feature space they are compared in.
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from zoo_core.errors import ZooError
 from zoo_core.metrics.base import Metric
 from zoo_core.metrics.classifier import FeatureExtractor, broadcast_weights, get_feature_extractor, has_classifier
 from zoo_core.plugins import check_samples
+
+log = logging.getLogger("zoo")
 
 DEFAULT_SAMPLES = 2000
 SEED = 2024  # the one seed of every sample metric: samples, held-out subsets, projections
@@ -170,3 +174,29 @@ class SampleMetric(Metric):
         data = self.held_out.gathered()
         n = min(self.n, len(data) // 2)
         return split_halves(data, n) if n >= minimum else None
+
+
+class FeatureSampleMetric(SampleMetric):
+    """A sample metric computed in ``feature_module``'s space: the zoo classifier's features for
+    images, the data space for other data."""
+
+    #: the result key that says where the metric was computed (set by subclasses)
+    space_key: str = ""
+
+    def applies_to(self, model) -> bool:
+        return applies(model)
+
+    def prepare(self, model, minimum: int = 2) -> tuple[Tensor, Tensor, Tensor, nn.Module] | dict[str, Any]:
+        """(reference, other half, samples, feature map), each set (n, *event_shape); or the results to
+        return instead: {} when the split is too small, a note when the feature map is not available
+        (reported in metrics.json rather than losing the whole evaluation)."""
+        halves = self.halves(minimum)
+        if halves is None:
+            return {}
+        try:
+            feature = feature_module(model)
+        except ZooError as exc:
+            log.warning("zoo: metric %s skipped: %s", self.name, exc)
+            return {self.space_key: f"not available: {exc}"}
+        reference, other_half = halves
+        return reference, other_half, model_samples(model, len(reference)), feature

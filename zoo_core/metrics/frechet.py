@@ -19,17 +19,13 @@ model would score. Every process computes the same value (the data are gathered,
 from __future__ import annotations
 
 import math
-import logging
 from typing import Any
 
 import torch
 from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from zoo_core.errors import ZooError
-from zoo_core.metrics.features import SampleMetric, applies, feature_module, model_samples, space_description
-
-log = logging.getLogger("zoo")
+from zoo_core.metrics.features import FeatureSampleMetric, space_description
 
 
 def frechet_distance(reference: Tensor, other: Tensor, feature: torch.nn.Module) -> float:
@@ -42,16 +38,13 @@ def frechet_distance(reference: Tensor, other: Tensor, feature: torch.nn.Module)
         return float(fid.compute())
 
 
-class FrechetDistance(SampleMetric):
+class FrechetDistance(FeatureSampleMetric):
     """Fréchet distance in classifier-feature space (images) or data space (2-D), with the data floor."""
 
     name = "frechet"
     summary = ("Fréchet distance between Gaussian fits to features of samples and held-out data "
                "(zoo classifier features for images, data space for 2-D), with its two-halves data floor")
-
-
-    def applies_to(self, model) -> bool:
-        return applies(model)
+    space_key = "fd_feature_extractor"
 
     def describe(self, model) -> str:
         return (f"Fréchet distance (torchmetrics FrechetInceptionDistance, custom extractor) between Gaussians "
@@ -61,17 +54,11 @@ class FrechetDistance(SampleMetric):
                 + ("; images clamped to [0, 1]" if model.data_spec.is_image else ""))
 
     def compute(self, model) -> dict[str, Any]:
-        halves = self.halves()
-        if halves is None:
-            return {}
-        reference, other_half = halves
+        prepared = self.prepare(model)
+        if isinstance(prepared, dict):
+            return prepared
+        reference, other_half, samples, feature = prepared
         n = len(reference)
-        try:
-            feature = feature_module(model)
-        except ZooError as exc:  # reported in metrics.json rather than losing the whole evaluation
-            log.warning("zoo: metric %s skipped: %s", self.name, exc)
-            return {"fd_feature_extractor": f"not available: {exc}"}
-        samples = model_samples(model, n)
         out = {"fd": math.nan, "fd_data_floor": frechet_distance(reference, other_half, feature),
                "fd_num_samples": n, "fd_feature_extractor": space_description(model)}
         if torch.isfinite(samples).all():

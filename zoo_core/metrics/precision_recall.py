@@ -22,16 +22,12 @@ held-out data with the same n, i.e. what a perfect model scores (for these a cei
 from __future__ import annotations
 
 import math
-import logging
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from zoo_core.errors import ZooError
-from zoo_core.metrics.features import SampleMetric, applies, feature_module, model_samples, space_description
-
-log = logging.getLogger("zoo")
+from zoo_core.metrics.features import FeatureSampleMetric, space_description
 
 K = 3
 CHUNK = 1024  # query rows per distance matrix block
@@ -72,16 +68,13 @@ def precision_recall(real: Tensor, fake: Tensor, k: int = K) -> dict[str, float]
     }
 
 
-class PrecisionRecall(SampleMetric):
+class PrecisionRecall(FeatureSampleMetric):
     """k-NN precision/recall (k=3) and density/coverage in classifier-feature or data space."""
 
     name = "precision_recall"
     summary = ("k-NN (k=3) precision/recall (Kynkäänniemi 2019) and density/coverage (Naeem 2020) of samples "
                "vs held-out data, in classifier features (images) or data space (2-D)")
-
-
-    def applies_to(self, model) -> bool:
-        return applies(model)
+    space_key = "pr_space"
 
     def describe(self, model) -> str:
         return (f"precision and recall (Kynkäänniemi et al. 2019, k-NN manifolds, k={K}) and density and coverage "
@@ -90,19 +83,13 @@ class PrecisionRecall(SampleMetric):
                 f"same between two disjoint halves of held-out data (what a perfect model scores at this n)")
 
     def compute(self, model) -> dict[str, Any]:
-        halves = self.halves(minimum=K + 1)
-        if halves is None:
-            return {}
-        reference, other_half = halves
+        prepared = self.prepare(model, minimum=K + 1)
+        if isinstance(prepared, dict):
+            return prepared
+        reference, other_half, samples, feature = prepared
         n = len(reference)
-        try:
-            feature = feature_module(model)
-        except ZooError as exc:  # reported in metrics.json rather than losing the whole evaluation
-            log.warning("zoo: metric %s skipped: %s", self.name, exc)
-            return {"pr_space": f"not available: {exc}"}
         real = feature(reference)
         floor = precision_recall(real, feature(other_half))
-        samples = model_samples(model, n)
         values = (precision_recall(real, feature(samples)) if torch.isfinite(samples).all()
                   else dict.fromkeys(floor, math.nan))
         return {**values, **{f"{key}_data_floor": value for key, value in floor.items()},
