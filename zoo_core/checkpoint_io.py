@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -29,6 +30,8 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from zoo_core.errors import RunDirWriteError
 
 RNG_KEY = "zoo_rng"
+#: OSErrors that mean "the run directory cannot be written" (full disk, quota, read-only, I/O error)
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
 
 
 def _cause(exc: OSError) -> str:
@@ -40,6 +43,18 @@ def _cause(exc: OSError) -> str:
 def write_error(path: Path | str, exc: OSError) -> RunDirWriteError:
     hint = "; free some space, or pass --runs-dir on another disk" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
     return RunDirWriteError(f"cannot write {path}: {_cause(exc)}{hint}; files written before are kept")
+
+
+@contextlib.contextmanager
+def write_errors_reported(path: Path | str):
+    """Turn a write failure (:data:`WRITE_ERRNOS`) inside the block into a one-line error naming
+    the file (the OSError's own, else ``path``); other errors pass through."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise write_error(exc.filename or path, exc) from None
 
 
 def _write_file(path: Path, data: bytes) -> None:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -79,20 +77,11 @@ def default_output(ckpt: Path, run_dir: Path | None) -> Path:
     return ckpt.with_name(f"{ckpt.stem}-export")
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; an export is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def export_model(path: str | Path, output: str | Path | None = None) -> Path:
     """Export the model of a run directory, checkpoint or export to ``output``; returns the directory."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from zoo_core.checkpoint_io import write_atomic
 
     from zoo_core.checkpoint import load_model, resolve_checkpoint
     from zoo_core.plugins import get_plugins
@@ -127,11 +116,9 @@ def export_model(path: str | Path, output: str | Path | None = None) -> Path:
         "model_args": hparams,                  # the constructor's other arguments (optim and the family's own)
         "run": _plain(config),                  # the resolved run configuration (entry, data, train, eval, ...)
     }
-    _atomic_write(out / WEIGHTS, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt",
-                                                                                      "family": model.family}))
-    _atomic_write(out / CONFIG, lambda tmp: tmp.write_text(
-        f"# zoo export of {source}: rebuild with zoo_core.export.load_export (no pickle involved)\n"
-        + yaml.safe_dump(document, sort_keys=False)))
+    write_atomic(out / WEIGHTS, save(tensors, metadata={"format": "pt", "family": model.family}))
+    write_atomic(out / CONFIG, f"# zoo export of {source}: rebuild with zoo_core.export.load_export "
+                               f"(no pickle involved)\n" + yaml.safe_dump(document, sort_keys=False))
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "zoo_version": _zoo_version(),
         "family": model.family, "plugin": provider, "entry": config.get("entry"),
@@ -139,7 +126,7 @@ def export_model(path: str | Path, output: str | Path | None = None) -> Path:
         "config": {"file": CONFIG, "sha256": sha256_file(out / CONFIG)},
         "source": str(source),
     }
-    _atomic_write(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
+    write_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return out
 
 

@@ -243,9 +243,9 @@ def replace_in_readme(readme: str | Path, tier: str, text: str) -> None:
     if j < i:
         raise ZooError(f"--readme {path}: '{end}' comes before '{begin}'")
     new = content[:i] + "\n" + text.strip() + "\n" + content[j:]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(new)
-    os.replace(tmp, path)
+    from zoo_core.checkpoint_io import write_atomic
+
+    write_atomic(path, new)
 
 
 # ---- the picture -------------------------------------------------------------------------------------

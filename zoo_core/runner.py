@@ -8,7 +8,7 @@ resolved ``config.yaml``, ``checkpoints/``, CSV logs, ``metrics.json`` and ``sam
 from __future__ import annotations
 
 import contextlib
-import errno
+import copy
 import hashlib
 import json
 import logging
@@ -26,7 +26,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from zoo_core.checkpoint import LAST, load_model, read_checkpoint, resolve_checkpoint
-from zoo_core.checkpoint_io import AtomicCheckpointIO, RngStates, StepCheckpoint, write_atomic, write_error
+from zoo_core.checkpoint_io import AtomicCheckpointIO, RngStates, StepCheckpoint, write_atomic, write_errors_reported
 from zoo_core.errors import CheckpointError, ConfigError, DataError, TrainingDiverged, ZooError
 from zoo_core.plugins import get_plugins
 from zoo_core.expected import check as check_expected, expectations_for
@@ -36,8 +36,6 @@ RUNS_ENV = "ZOO_RUNS_DIR"
 RUN_DIR_ENV = "_ZOO_RUN_DIR"  # handed by the launching process to the processes Lightning starts
 
 log = logging.getLogger("zoo")
-#: OSErrors that mean "the run directory cannot be written" (full disk, quota, read-only, I/O error)
-WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
 
 
 @dataclass
@@ -345,11 +343,12 @@ def _gather_digests(model, trainer: pl.Trainer) -> dict:
 
 
 # ---- train -----------------------------------------------------------------------------------------
-def resolve_config(entry: str, opts: RunOptions) -> tuple[dict, Path | None, Path | None]:
-    """The run's configuration, plus (resume checkpoint, resume run directory) when resuming."""
+def resolve_config(entry: str, opts: RunOptions) -> tuple[dict, Path | None, Path | None, dict | None]:
+    """The run's configuration, plus (resume checkpoint, resume run directory, the checkpoint's
+    optimiser settings) when resuming."""
     plugins = get_plugins()
     if not opts.resume:
-        return Registry(opts.registry_files, plugins).resolve(entry, opts.cli_overrides()), None, None
+        return Registry(opts.registry_files, plugins).resolve(entry, opts.cli_overrides()), None, None, None
     if opts.resume == "latest":
         run_dir = latest_run(runs_root(opts) / entry)
         if run_dir is None:
@@ -364,28 +363,26 @@ def resolve_config(entry: str, opts: RunOptions) -> tuple[dict, Path | None, Pat
         raise CheckpointError(f"{ckpt}: not a zoo checkpoint (no configuration inside)")
     if saved["entry"] != entry:
         raise ConfigError(f"--resume: {ckpt} is a run of '{saved['entry']}', not '{entry}'")
-    body = {k: v for k, v in saved.items() if k not in ("entry", "source")}
+    body = copy.deepcopy({k: v for k, v in saved.items() if k not in ("entry", "source")})  # saved stays as saved
     for item in opts.cli_overrides():
         apply_override(body, item)
     config = resolve_entry(entry, body, f"{ckpt}: entry '{entry}'", saved["source"], plugins)
-    return config, ckpt, run_dir or ckpt.parent.parent
+    return config, ckpt, run_dir or ckpt.parent.parent, saved.get("optim")
 
 
 def train(entry: str, opts: RunOptions | None = None) -> dict:
     """Train ``entry`` and evaluate it; returns the metrics written to ``metrics.json``."""
     opts = opts or RunOptions()
     _quiet_lightning()
-    config, resume_ckpt, resume_dir = resolve_config(entry, opts)
+    config, resume_ckpt, resume_dir, saved_optim = resolve_config(entry, opts)
     pl.seed_everything(config["train"]["seed"], workers=True, verbose=False)
     datamodule = build_datamodule(config, opts.data_dir)
     model = build_model(config, datamodule)
     run_dir = _claim_run_dir(runs_root(opts) / entry, resume_dir)
     with _shared_run_dir(run_dir):
         trainer = build_trainer(opts, config, run_dir, training=True)
-        if resume_ckpt is not None and any(o.split("=", 1)[0].strip().startswith("optim.") for o in opts.cli_overrides()):
-            saved_optim = ((read_checkpoint(resume_ckpt).get("zoo") or {}).get("config") or {}).get("optim")
-            if saved_optim:
-                trainer.callbacks.append(OptimOverride(saved_optim, config["optim"]))
+        if saved_optim and any(o.split("=", 1)[0].strip().startswith("optim.") for o in opts.cli_overrides()):
+            trainer.callbacks.append(OptimOverride(saved_optim, config["optim"]))
         _share_cpu_cores(trainer)
         if trainer.is_global_zero:
             for stale in (run_dir / "checkpoints").glob(".*.tmp-*"):  # left by a process killed mid-save
@@ -394,13 +391,10 @@ def train(entry: str, opts: RunOptions | None = None) -> dict:
         clock = next(c for c in trainer.callbacks if isinstance(c, TrainClock))
         start = clock.start = time.perf_counter()
         try:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
+            with write_errors_reported(run_dir):  # e.g. a full disk under Lightning's own writers (CSV logs)
+                trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
         except TrainingDiverged as exc:
             raise TrainingDiverged(f"{exc}; {_resume_hint(entry, run_dir, 'the last good checkpoint')}") from None
-        except OSError as exc:  # e.g. a full disk under Lightning's own writers (CSV logs)
-            if exc.errno not in WRITE_ERRNOS:
-                raise
-            raise write_error(exc.filename or run_dir, exc) from None
         except RuntimeError as exc:  # a DDP peer died (killed, out of memory): gloo/NCCL report a lost connection
             if trainer.world_size < 2 or not _lost_peer(exc):
                 raise
@@ -477,12 +471,8 @@ def _save_picture(model, datamodule, config: dict, path: Path) -> None:
     title = f"{config['entry']}: {config['family']} samples"
     if datamodule.spec.event_shape == (2,):
         n = max(n, 1000)
-    try:
+    with write_errors_reported(path):
         save_samples(model, path, n, data=data, title=title)
-    except OSError as exc:
-        if exc.errno not in WRITE_ERRNOS:
-            raise
-        raise write_error(path, exc) from None
 
 
 # ---- evaluate and sample ----------------------------------------------------------------------------

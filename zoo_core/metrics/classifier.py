@@ -36,11 +36,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo_core.checkpoint_io import write_atomic
 from zoo_core.errors import DataError
 
 CACHE_ENV = "ZOO_CACHE_DIR"
@@ -280,17 +281,6 @@ def _exclusive(lock_path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _load(path: Path, meta_path: Path, recipe: Recipe) -> tuple[ClassifierNet, dict] | None:
     """The cached classifier, or None when absent or unreadable (it is then retrained)."""
     if not (path.is_file() and meta_path.is_file()):
@@ -332,8 +322,10 @@ def get_feature_extractor(dataset: str, representation: str, data_dir=None) -> F
                 net, meta = train_classifier(dataset, representation, recipe, data_dir)
                 meta = {"dataset": dataset, "representation": representation, "recipe": asdict(recipe),
                         "recipe_hash": recipe_hash(dataset, representation, recipe), **meta}
-                _atomic_write(path, lambda handle: torch.save(net.state_dict(), handle))
-                _atomic_write(meta_path, lambda handle: handle.write(json.dumps(meta, indent=2).encode()))
+                weights = io.BytesIO()
+                torch.save(net.state_dict(), weights)
+                write_atomic(path, weights.getvalue())
+                write_atomic(meta_path, json.dumps(meta, indent=2))
                 loaded = net, meta
     net, meta = loaded
     extractor = FeatureExtractor(net, f"{dataset}-{representation}", meta["test_accuracy"], recipe.features, recipe)
