@@ -175,7 +175,7 @@ def plain_loop(model, datamodule, config: dict, device: torch.device, window: _W
         model._zoo_data_initialised.fill_(True)
     model.to(device).train()
     data = datamodule.raw["train"]  # (N, *event), in host memory, as the runner's loader keeps it
-    transform = datamodule._train_transform()
+    noise = datamodule._noise()  # (x, generator=None) -> represented x, as the runner's loader applies it
     name = str(optim["name"]).lower()
     kwargs = {"lr": float(optim["lr"]), "weight_decay": float(optim["weight_decay"])}
     if name != "sgd":
@@ -188,8 +188,8 @@ def plain_loop(model, datamodule, config: dict, device: torch.device, window: _W
     while step < steps:
         for i, idx in enumerate(torch.randperm(len(data), generator=gen).split(int(train["batch_size"]))):
             batch = data[idx]  # (B, *event)
-            if transform is not None:
-                batch = transform(batch)
+            if noise is not None:
+                batch = noise(batch)
             batch = batch.to(device)
             opt.zero_grad(set_to_none=True)
             with _autocast(device, train["precision"]):

@@ -112,7 +112,7 @@ def test_evaluated_data_are_checked_against_the_representation(monkeypatch):
     dm = Fake(representation="dequantized")
     assert dm.eval_data("test").max() < 1
     dm = Fake(representation="dequantized")
-    monkeypatch.setattr(dm, "_train_transform", lambda: lambda k: k / 2)  # forgets the levels: values up to 1.5
+    monkeypatch.setattr(dm, "_noise", lambda: lambda k, generator=None: k / 2)  # forgets the levels: values up to 1.5
     with pytest.raises(DataError, match=r"dataset 'fake', val split \(dequantized data .*not in \[0, 1\]"):
         dm.eval_data("val")
 

@@ -46,7 +46,7 @@ def _trained(entry: str, overrides: list[str]):
     model = build_model(config, datamodule)
     model.init_from_data(datamodule.init_batch())
     optimiser = torch.optim.Adam(model.parameters(), lr=float(config["optim"]["lr"]))
-    train, noise = datamodule.raw["train"], datamodule._train_transform()
+    train, noise = datamodule.raw["train"], datamodule._noise()
     for _ in range(30):
         batch = train[torch.randint(0, len(train), (128,))]  # (128, *event_shape)
         loss = model.loss(noise(batch) if noise else batch)

@@ -225,12 +225,7 @@ class ZooDataModule(pl.LightningDataModule, abc.ABC):
         if split not in ("train", "val", "test"):
             raise DataError(f"split must be train, val or test, got '{split}'")
         if split not in self._eval_cache:
-            x = self.raw[split]
-            transform = self._train_transform()
-            if transform is not None:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(EVAL_NOISE_SEED + ("train", "val", "test").index(split))
-                    x = transform(x)
+            x = self._with_fixed_noise(self.raw[split], EVAL_NOISE_SEED + ("train", "val", "test").index(split))
             self.spec.check(x, f"dataset '{self.name}', {split} split")  # what the runner evaluates on
             self._eval_cache[split] = x
         return self._eval_cache[split]
@@ -274,23 +269,15 @@ class ZooDataModule(pl.LightningDataModule, abc.ABC):
         levels = self.num_levels if self.representation != "continuous" else None
         return DataSpec(self.name, shape, self.representation, levels, self.extras())
 
-    def _train_transform(self):
-        if self.representation == "binarized":
-            return torch.bernoulli
-        if self.representation == "dequantized":
-            levels = self.num_levels
-            return lambda k: (k + torch.rand_like(k)) / levels
-        return None
+    def _with_fixed_noise(self, x: Tensor, seed: int) -> Tensor:
+        """``x`` in the representation, its noise drawn from a generator seeded ``seed``."""
+        noise = self._noise()
+        return x if noise is None else noise(x, torch.Generator().manual_seed(seed))
 
     def init_batch(self) -> Tensor:
         """A deterministic batch of represented training data for data-dependent initialisation."""
         x = self.raw["train"][:INIT_BATCH_SIZE]
-        transform = self._train_transform()
-        if transform is None:
-            return x.clone()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            return transform(x)
+        return x.clone() if self._noise() is None else self._with_fixed_noise(x, self.seed)
 
     def _world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -298,13 +285,15 @@ class ZooDataModule(pl.LightningDataModule, abc.ABC):
             return 1, 0
         return trainer.world_size, trainer.global_rank
 
-    def _train_noise(self):
-        """The training noise as ``noise(x, generator)``, or None (see ``_train_transform``)."""
+    def _noise(self):
+        """The representation's noise as ``noise(x, generator=None)``: dynamic binarisation, or uniform
+        dequantisation of the levels; None for continuous data. The generator (None: the global one)
+        makes it repeatable: per batch in training, fixed for evaluation."""
         if self.representation == "binarized":
-            return lambda x, gen: torch.bernoulli(x, generator=gen)
+            return lambda x, generator=None: torch.bernoulli(x, generator=generator)
         if self.representation == "dequantized":
             levels = self.num_levels
-            return lambda k, gen: (k + torch.rand(k.shape, generator=gen, dtype=k.dtype)) / levels
+            return lambda k, generator=None: (k + torch.rand(k.shape, generator=generator, dtype=k.dtype)) / levels
         return None
 
     def train_dataloader(self) -> DataLoader:
@@ -316,7 +305,7 @@ class ZooDataModule(pl.LightningDataModule, abc.ABC):
         if fit_loop is not None:
             # Lightning draws the first batch before it calls set_epoch: start at the restored epoch.
             batches.set_epoch(fit_loop.epoch_progress.current.processed)
-        dataset = TrainDataset(self.raw["train"], self._train_noise(), self.seed, rank)
+        dataset = TrainDataset(self.raw["train"], self._noise(), self.seed, rank)
         return ResumableLoader(dataset, batches, self._consumed_batches)
 
     def _consumed_batches(self) -> tuple[int, float]:
