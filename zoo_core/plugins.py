@@ -169,12 +169,12 @@ class ZooPlugins:
 
     def describe_family(self, family: str) -> str:
         """"plugin 'x' (distribution d 1.0)" for error messages; works for unregistered classes too."""
-        reg = self.families.get(family)
-        if reg is None:
+        if family not in self.families:
             return f"an unregistered class of family '{family}'"
-        info = self.plugins.get(reg.plugin)
-        dist = f" (distribution {info.distribution} {info.version})" if info and info.distribution != "-" else ""
-        return f"plugin '{reg.plugin}'{dist}"
+        provider = self.family_provider(family)
+        dist = (f" (distribution {provider['distribution']} {provider['version']})"
+                if provider["distribution"] != "-" else "")
+        return f"plugin '{provider['plugin']}'{dist}"
 
     def problems(self) -> list[str]:
         """One line per plugin problem, naming the plugin."""
