@@ -19,8 +19,8 @@ class NaNAfterFiveSteps(GMM):
 
     family = "nan-gmm"
 
-    def loss(self, x):
-        loss = super().loss(x)
+    def loss(self, x, context=None):
+        loss = super().loss(x, context)
         return loss * float("nan") if self.global_step >= NAN_AT_STEP else loss
 
 
@@ -64,8 +64,8 @@ class NaNGradientAtStepFive(GMM):
 
     family = "nangrad-gmm"
 
-    def loss(self, x):
-        loss = super().loss(x)
+    def loss(self, x, context=None):
+        loss = super().loss(x, context)
         if self.global_step >= NAN_AT_STEP:
             loss = loss + 0.0 * torch.sqrt(0.0 * self.means.sum())  # value 0, gradient NaN
         return loss
@@ -77,8 +77,8 @@ class DivergesAtHighLearningRate(GMM):
 
     family = "lr-gmm"
 
-    def loss(self, x):
-        loss = super().loss(x)
+    def loss(self, x, context=None):
+        loss = super().loss(x, context)
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         return loss * float("nan") if self.global_step >= NAN_AT_STEP and lr > 0.05 else loss
 

@@ -42,13 +42,13 @@ class Replay(GenerativeModel):
         super().__init__(data)
         self.register_buffer("pool", pool)
 
-    def log_prob(self, x):
+    def _log_prob(self, x, context=None):
         raise self.no_likelihood()
 
-    def loss(self, x):
+    def loss(self, x, context=None):
         return torch.zeros(())
 
-    def sample(self, sample_shape=torch.Size()):
+    def _sample(self, sample_shape, context=None):
         n = int(torch.tensor(sample_shape).prod()) if len(sample_shape) else 1
         return self.pool[torch.randint(len(self.pool), (n,))].reshape(*sample_shape, *self.event_shape)
 

@@ -187,8 +187,8 @@ def test_read_idx_valid_and_gz(tmp_path):
     (_idx((5,), b"\x00" * 5), "expected dimensions"),
     (_idx((4,), b"\x00" * 3), "data bytes"),
     (bytes([0, 0, 8, 3, 0]), "truncated"),
-    (gzip.compress(_idx((4,), b"\x00" * 4))[:-9], "cannot read"),
-])
+    (gzip.compress(_idx((4,), b"\x00" * 4), mtime=0)[:-9], "cannot read"),
+], ids=["magic", "dtype", "dims", "short-data", "truncated-header", "truncated-gzip"])
 def test_read_idx_malformed(tmp_path, content, match):
     path = tmp_path / "t10k-labels-idx1-ubyte.gz"
     path.write_bytes(content)

@@ -139,18 +139,18 @@ class _Gaussian(GenerativeModel):
         super().__init__(data, optim)
         self.mean = torch.nn.Parameter(torch.zeros(self.event_shape))
 
-    def _log_prob(self, x):
+    def _gaussian(self, x):
         batch = self.validate_sample(x)
         z = (x - self.mean).reshape(*batch, -1)
         return -0.5 * (z ** 2).sum(-1) - 0.5 * z.shape[-1] * 1.8378770664093453  # (*batch,)
 
-    def log_prob(self, x):
-        return self._log_prob(x)
+    def _log_prob(self, x, context=None):
+        return self._gaussian(x)
 
-    def loss(self, x):
-        return -self._log_prob(x).mean()
+    def loss(self, x, context=None):
+        return -self._gaussian(x).mean()
 
-    def sample(self, sample_shape=()):
+    def _sample(self, sample_shape, context=None):
         shape = as_sample_shape(sample_shape)
         return self.mean + torch.randn(*shape, *self.event_shape)
 
@@ -159,24 +159,24 @@ class ColumnLogProb(_Gaussian):
     '''log_prob returns (batch, 1).'''
     family = "bad_column"
 
-    def log_prob(self, x):
-        return self._log_prob(x)[..., None]
+    def _log_prob(self, x, context=None):
+        return self._gaussian(x)[..., None]
 
 
 class ScalarLogProb(_Gaussian):
     '''log_prob returns the batch mean (a scalar).'''
     family = "bad_scalar"
 
-    def log_prob(self, x):
-        return self._log_prob(x).mean()
+    def _log_prob(self, x, context=None):
+        return self._gaussian(x).mean()
 
 
 class FlatSamples(_Gaussian):
     '''sample returns (n * D,) instead of (n, D).'''
     family = "bad_sample"
 
-    def sample(self, sample_shape=()):
-        return super().sample(sample_shape).reshape(-1)
+    def _sample(self, sample_shape, context=None):
+        return super()._sample(sample_shape).reshape(-1)
 
 
 @hookimpl

@@ -56,3 +56,16 @@ class NoLikelihoodError(ZooError, NotImplementedError):
             f"family '{family}' defines no likelihood, so log_prob is not available; "
             f"compare it with {alternatives} instead"
         )
+
+
+class InterfaceError(PluginError):
+    """A family broke the interface contract (e.g. ``log_prob`` returned the wrong shape). ``family``
+    names it, so that a caller holding the plugin catalogue can add which plugin provided it."""
+
+    def __init__(self, family: str, message: str):
+        self.family = family
+        super().__init__(message)
+
+
+class ContextError(ZooError, ValueError):
+    """A context (class labels) was given to an unconditional model, or has the wrong shape or values."""

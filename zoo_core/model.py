@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from zoo_core.data.spec import DataSpec
-from zoo_core.errors import NoLikelihoodError, TrainingDiverged
+from zoo_core.errors import ContextError, InterfaceError, NoLikelihoodError, TrainingDiverged
 
 LIKELIHOOD_KINDS = ("exact", "bound", "none")
 DEFAULT_OPTIM = {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "scheduler": None}
@@ -51,6 +51,14 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
 
     family: ClassVar[str] = ""
     likelihood: ClassVar[str] = "exact"
+    #: Whether the family can take a context (``log_prob(x, context)``, ``sample(shape, context)``).
+    conditional: ClassVar[bool] = False
+    #: For conditional families: whether ``sample`` without a context draws from the marginal.
+    samples_marginal: ClassVar[bool] = True
+    #: The data representations the family models (see ``zoo_core.data.spec.REPRESENTATIONS``).
+    representations: ClassVar[tuple[str, ...]] = ("binarized", "dequantized", "continuous")
+    #: The ranks of ``event_shape`` it models: 1 for vectors (D,), 3 for images (C, H, W).
+    event_ranks: ClassVar[tuple[int, ...]] = (1, 3)
     #: For ``likelihood == "none"``: what to compare the family with instead.
     no_likelihood_alternatives: ClassVar[str] = "sample-quality metrics"
 
@@ -68,18 +76,99 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
         # Set once data-dependent initialisation ran; a buffer, so a resumed run does not redo it.
         self.register_buffer("_zoo_data_initialised", torch.tensor(False))
 
-    # ---- the interface -------------------------------------------------------------------
-    @abc.abstractmethod
-    def log_prob(self, x: Tensor) -> Tensor:
-        """(*batch, *event_shape) -> (*batch,) log-density in nats."""
+    # ---- the interface: public methods check the contract once, families implement the _methods ----
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """(*batch, *event_shape) -> (*batch,) log-density (or its bound) in nats.
+
+        ``context`` (conditional families only): class labels of shape (*batch,), or a context
+        tensor of shape (*batch, *context_shape)."""
+        batch = self.validate_sample(x)
+        context = self.check_context(context, batch, "log_prob")
+        out = self._log_prob(x, context)
+        check_log_prob_shape(self, x, out)
+        return out
+
+    def sample(self, sample_shape: int | Sequence[int] | torch.Size = torch.Size(),
+               context: Tensor | None = None) -> Tensor:
+        """-> (*sample_shape, *event_shape). ``context`` (conditional families): one label (or
+        context) for all samples, or one per sample, of shape (*sample_shape, *context_shape)."""
+        shape = as_sample_shape(sample_shape)
+        context = self.check_context(context, tuple(shape), "sample", broadcast=True)
+        out = self._sample(shape, context)
+        check_sample_shape(self, out, shape)
+        return out
 
     @abc.abstractmethod
-    def sample(self, sample_shape: int | Sequence[int] | torch.Size = torch.Size()) -> Tensor:
-        """-> (*sample_shape, *event_shape)."""
+    def _log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """What a family implements: x (*batch, *event_shape) -> (*batch,); context already checked."""
 
     @abc.abstractmethod
-    def loss(self, x: Tensor) -> Tensor:
+    def _sample(self, sample_shape: torch.Size, context: Tensor | None = None) -> Tensor:
+        """What a family implements: -> (*sample_shape, *event_shape); context already broadcast
+        to (*sample_shape, *context_shape) or None."""
+
+    @abc.abstractmethod
+    def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """(batch, *event_shape) -> scalar training objective."""
+
+    # ---- conditioning ------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes a label-conditional model was built for (from its DataSpec)."""
+        return self.data_spec.num_classes
+
+    @property
+    def is_conditional(self) -> bool:
+        """Whether this model was built to take a context (a conditional family on labelled data)."""
+        return bool(self.conditional and self.data_spec.conditional)
+
+    def check_context(self, context: Tensor | None, batch: tuple[int, ...], method: str,
+                      broadcast: bool = False) -> Tensor | None:
+        """Validate ``context`` against the batch shape: labels (*batch,) in [0, num_classes),
+        or (*batch, *context_shape). With ``broadcast`` a single label/context is expanded."""
+        if context is None:
+            if self.is_conditional and not self.samples_marginal and method == "sample":
+                raise ContextError(f"family '{self.family}' is conditional and cannot sample its marginal; "
+                                   f"pass context= (class labels of shape {batch})")
+            return None
+        if not self.is_conditional:
+            why = ("is not conditional" if not self.conditional
+                   else "was trained without labels (set data.conditional: true)")
+            raise ContextError(f"family '{self.family}' {why}; {method} takes no context")
+        if not isinstance(context, Tensor):
+            context = torch.as_tensor(context)
+        context = context.to(self.device)
+        cshape = tuple(self.data_spec.context_shape)
+        tail = context.shape[context.dim() - len(cshape):] if cshape else ()
+        if tuple(tail) != cshape:
+            raise ContextError(f"family '{self.family}': {method} context of shape {tuple(context.shape)}; "
+                               f"expected (*batch, {', '.join(map(str, cshape))})")
+        lead = tuple(context.shape[: context.dim() - len(cshape)])
+        if lead != tuple(batch):
+            if broadcast and lead in ((), (1,)):
+                context = context.reshape(*cshape).expand(*batch, *cshape) if cshape else \
+                    context.reshape(()).expand(*batch)
+            else:
+                raise ContextError(f"family '{self.family}': {method} context of shape {tuple(context.shape)} "
+                                   f"does not match the batch shape {tuple(batch)}")
+        if not cshape:  # class labels
+            if context.is_floating_point():
+                if not bool((context == context.round()).all()):
+                    raise ContextError(f"family '{self.family}': class labels must be integers, "
+                                       f"got {context.dtype} values")
+            context = context.long()
+            k = self.num_classes
+            if context.numel() and (int(context.min()) < 0 or int(context.max()) >= k):
+                raise ContextError(f"family '{self.family}': class labels must be in [0, {k}), got values in "
+                                   f"[{int(context.min())}, {int(context.max())}]")
+        return context
+
+    def split_batch(self, batch) -> tuple[Tensor, Tensor | None]:
+        """A datamodule yields x, or (x, y) where labels exist; y is the context of conditional models."""
+        if isinstance(batch, (tuple, list)):
+            x, y = batch[0], (batch[1] if len(batch) > 1 else None)
+            return x, (y if self.is_conditional else None)
+        return batch, None
 
     # ---- helpers for families --------------------------------------------------------------
     def likelihood_description(self) -> str:
@@ -122,11 +211,12 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
         """Apply the registry entry's ``eval`` settings (e.g. the number of importance samples)."""
 
     # ---- Lightning plumbing ----------------------------------------------------------------
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        loss = self.loss(batch)
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x, context = self.split_batch(batch)
+        loss = self.loss(x, context)
         self.check_finite(loss, "loss")
         if batch_idx == 0 or self.logs_this_step():  # the first batch too: the bar shows a loss from the start
-            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch))
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(x))
         return loss
 
     def logs_this_step(self) -> bool:
@@ -212,14 +302,12 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
     def on_before_optimizer_step(self, optimizer) -> None:
         self.check_gradients_finite(optimizer)
 
-    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        n = len(batch)
-        self.log("val/loss", self.loss(batch), on_epoch=True, sync_dist=True, batch_size=n)
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, context = self.split_batch(batch)
+        n = len(x)
+        self.log("val/loss", self.loss(x, context), on_epoch=True, sync_dist=True, batch_size=n)
         if self.likelihood != "none":
-            from zoo_core.plugins import check_log_prob
-
-            log_prob = self.log_prob(batch)
-            check_log_prob(self, batch, log_prob)  # (batch, 1) or a scalar would average silently
+            log_prob = self.log_prob(x, context)  # shape-checked: (batch, 1) would average silently
             nll = -(log_prob + self.data_spec.log_prob_offset).mean()
             self.log("val/nll", nll, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=n)
 
@@ -227,9 +315,13 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
         for metric in self.zoo_metrics:
             metric.reset()
 
-    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+    def test_step(self, batch, batch_idx: int) -> None:
+        x, context = self.split_batch(batch)
         for metric in self.zoo_metrics:
-            metric.update(self, batch)
+            if context is None:
+                metric.update(self, x)
+            else:
+                metric.update(self, x, context=context)
 
     def on_test_epoch_end(self) -> None:
         results: dict[str, Any] = {}
@@ -271,6 +363,36 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
             raise TrainingDiverged(f"the weights became non-finite at {self._where()}: {self._describe(weights)}; "
                                    f"not writing a checkpoint of them")
         checkpoint["zoo"] = {"family": self.family, "config": getattr(self, "zoo_config", None)}
+
+
+def _interface_error(model, what: str) -> InterfaceError:
+    family = getattr(model, "family", "") or type(model).__name__
+    return InterfaceError(family, f"class {type(model).__module__}.{type(model).__qualname__}, family "
+                                  f"'{family}': {what}")
+
+
+def check_log_prob_shape(model, x: Tensor, log_prob) -> None:
+    """``log_prob(x)`` of x (*batch, *event_shape) must be a tensor of shape (*batch,): one value per example."""
+    n_event = len(getattr(model, "event_shape", ()))
+    batch = tuple(x.shape[: x.dim() - n_event])
+    if not isinstance(log_prob, Tensor):
+        raise _interface_error(model, f"log_prob returned {type(log_prob).__name__}, expected a tensor of shape "
+                                      f"{batch} (one log-density per example)")
+    if tuple(log_prob.shape) != batch:
+        raise _interface_error(model, f"log_prob returned shape {tuple(log_prob.shape)} for data of shape "
+                                      f"{tuple(x.shape)}; expected {batch} (one log-density per example, "
+                                      f"(*batch,) for input (*batch, *event_shape))")
+
+
+def check_sample_shape(model, samples, sample_shape) -> None:
+    """``sample(sample_shape)`` must return (*sample_shape, *event_shape)."""
+    expected = tuple(sample_shape) + tuple(getattr(model, "event_shape", ()))
+    if not isinstance(samples, Tensor):
+        raise _interface_error(model, f"sample returned {type(samples).__name__}, expected a tensor of shape "
+                                      f"{expected}")
+    if tuple(samples.shape) != expected:
+        raise _interface_error(model, f"sample({tuple(sample_shape)}) returned shape {tuple(samples.shape)}; "
+                                      f"expected {expected} (*sample_shape, *event_shape)")
 
 
 def gaussian_log_prob(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:

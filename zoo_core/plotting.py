@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from zoo_core.model import check_sample_shape  # noqa: E402
+
 
 def image_grid(images: Tensor, path: str | Path, title: str = "") -> None:
     """images: (N, C, H, W) in [0, 1] -> a square-ish grid PNG."""
@@ -70,9 +72,7 @@ def save_samples(model, path: str | Path, n: int, data: Tensor | None = None, ti
     model.eval()
     with torch.no_grad():
         samples = model.sample_for_display(n)
-    from zoo_core.plugins import check_samples
-
-    check_samples(model, samples, (n,))
+    check_sample_shape(model, samples, (n,))  # sample_for_display bypasses the public sample
     spec = model.data_spec
     if spec.is_image:
         image_grid(samples.reshape(n, *spec.event_shape), path, title)

@@ -181,44 +181,6 @@ class ZooPlugins:
         return [f"plugin '{p.name}': {e}" for p in self.plugins.values() for e in p.errors]
 
 
-# ---- the interface contract, checked where the runner consumes a family's output -------------------
-def _interface_error(model, what: str) -> PluginError:
-    family = getattr(model, "family", type(model).__name__)
-    try:
-        who = get_plugins().describe_family(family)
-    except Exception:  # the catalogue itself failed: still name the class
-        who = f"class {type(model).__module__}.{type(model).__name__}"
-    return PluginError(f"{who}, family '{family}': {what}")
-
-
-def check_log_prob(model, x, log_prob) -> None:
-    """``log_prob(x)`` of x (*batch, *event_shape) must be a tensor of shape (*batch,): one value per example."""
-    import torch
-
-    n_event = len(getattr(model, "event_shape", ()))
-    batch = tuple(x.shape[: x.dim() - n_event])
-    if not isinstance(log_prob, torch.Tensor):
-        raise _interface_error(model, f"log_prob returned {type(log_prob).__name__}, expected a tensor of shape "
-                                      f"{batch} (one log-density per example)")
-    if tuple(log_prob.shape) != batch:
-        raise _interface_error(model, f"log_prob returned shape {tuple(log_prob.shape)} for data of shape "
-                                      f"{tuple(x.shape)}; expected {batch} (one log-density per example, "
-                                      f"(*batch,) for input (*batch, *event_shape))")
-
-
-def check_samples(model, samples, sample_shape) -> None:
-    """``sample(sample_shape)`` must return (*sample_shape, *event_shape)."""
-    import torch
-
-    expected = tuple(sample_shape) + tuple(getattr(model, "event_shape", ()))
-    if not isinstance(samples, torch.Tensor):
-        raise _interface_error(model, f"sample returned {type(samples).__name__}, expected a tensor of shape "
-                                      f"{expected}")
-    if tuple(samples.shape) != expected:
-        raise _interface_error(model, f"sample({tuple(sample_shape)}) returned shape {tuple(samples.shape)}; "
-                                      f"expected {expected} (*sample_shape, *event_shape)")
-
-
 def _lookup(table: dict[str, Registration], name: str, kind: str) -> Registration:
     if name not in table:
         from zoo_core.registry import suggest

@@ -68,7 +68,7 @@ class Autoencoder(GenerativeModel):
             return F.binary_cross_entropy_with_logits(out, flat, reduction="none").sum(-1)
         return 0.5 * ((out - flat) ** 2).sum(-1)
 
-    def loss(self, x: Tensor) -> Tensor:
+    def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         return self.reconstruction_error(x).mean()
 
     @torch.no_grad()
@@ -77,14 +77,14 @@ class Autoencoder(GenerativeModel):
         self.validate_sample(x)
         return self._decoded_mean(self.encode(x)).reshape(x.shape)
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def _log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         raise self.no_likelihood()
 
     def _decoded_mean(self, z: Tensor) -> Tensor:
         out = self.decode(z)
         return torch.sigmoid(out) if self.data_spec.is_binary else out
 
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
+    def _sample(self, sample_shape: torch.Size, context: Tensor | None = None) -> Tensor:
         shape = as_sample_shape(sample_shape)
         n = int(torch.tensor(shape).prod()) if len(shape) else 1
         with torch.no_grad():

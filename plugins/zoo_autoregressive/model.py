@@ -180,7 +180,7 @@ class Autoregressive(GenerativeModel):
         params = self.conditionals(x, k)  # (N, D, P)
         return self.dim_log_prob(x.reshape(len(x), self.D), params).sum(-1)  # (N,)
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def _log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """(*batch, *event_shape) -> (*batch,) exact log-likelihood in nats (for K masks, of the
         uniform mixture over the K orderings)."""
         x, batch_shape = self._flat(x)
@@ -189,7 +189,7 @@ class Autoregressive(GenerativeModel):
         per_mask = torch.stack([self.log_prob_mask(x, k) for k in range(self.num_masks)])  # (K, N)
         return (torch.logsumexp(per_mask, dim=0) - math.log(self.num_masks)).reshape(batch_shape)
 
-    def loss(self, x: Tensor) -> Tensor:
+    def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Mean NLL; order-agnostic MADE draws one of its K masks per minibatch (the paper's
         training procedure, an upper bound on the NLL of the mixture that log_prob reports)."""
         x, _ = self._flat(x)
@@ -197,14 +197,14 @@ class Autoregressive(GenerativeModel):
         return -self.log_prob_mask(x, k).mean()
 
     @torch.no_grad()
-    def sample(self, sample_shape: int | Sequence[int] | torch.Size = torch.Size()) -> Tensor:
+    def _sample(self, sample_shape: torch.Size, context: Tensor | None = None) -> Tensor:
         """Ancestral sampling, one dimension at a time in the model's ordering (D network passes);
         with K masks each sample first draws its mask uniformly."""
         shape = as_sample_shape(sample_shape)
-        return self._sample(math.prod(shape))[0].reshape(*shape, *self.event_shape)
+        return self._draw(math.prod(shape))[0].reshape(*shape, *self.event_shape)
 
     @torch.no_grad()
-    def _sample(self, n: int) -> tuple[Tensor, Tensor]:
+    def _draw(self, n: int) -> tuple[Tensor, Tensor]:
         """n samples (n, *event) and the conditional means E[x_d | x_<d] met on the way (n, *event)."""
         x = torch.zeros(n, *self.event_shape, device=self.device, dtype=self.dtype)  # (n, *event)
         means = torch.zeros_like(x)
@@ -241,7 +241,7 @@ class Autoregressive(GenerativeModel):
         drawing it (grey where the model hesitated; thresholding them is NOT the sample, but they
         read far better than 8x8 binary pixels). Dequantized images: samples clipped to [0, 1].
         Other data: true samples."""
-        x, means = self._sample(n)
+        x, means = self._draw(n)
         if self.data_spec.is_image and self.binary:
             return means
         return x.clamp(0.0, 1.0) if self.data_spec.representation == "dequantized" else x

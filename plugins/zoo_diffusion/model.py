@@ -319,7 +319,7 @@ class DDPM(GenerativeModel):
         return x0.clamp(-1, 1) if self.clip_denoised else x0
 
     # ---- training ----------------------------------------------------------------------------------
-    def loss(self, x: Tensor) -> Tensor:
+    def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """L_simple: mean squared error of the noise prediction at t ~ U{1..T}."""
         self.validate_sample(x)
         x0 = self.to_model_space(x.reshape(-1, *self.event_shape))  # (N, *event)
@@ -428,7 +428,7 @@ class DDPM(GenerativeModel):
             total = total + self.data_spec.dims * math.log(self.num_levels)
         return total.to(self.dtype).reshape(batch_shape)
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def _log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """(*batch, *event_shape) -> (*batch,): the ELBO with ``bound_timesteps`` KL terms."""
         return self.elbo(x, self.bound_timesteps)
 
@@ -501,7 +501,7 @@ class DDPM(GenerativeModel):
         x_T = torch.randn(n, *self.event_shape, device=self.device, dtype=self.dtype)
         return self.denoise(x_T)
 
-    def sample(self, sample_shape: int | Sequence[int] | torch.Size = torch.Size()) -> Tensor:
+    def _sample(self, sample_shape: torch.Size, context: Tensor | None = None) -> Tensor:
         """Draws in the data's representation: 2-D points, or dequantised images in [0, 1)."""
         shape = as_sample_shape(sample_shape)
         n = math.prod(shape)

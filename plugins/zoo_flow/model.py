@@ -170,33 +170,33 @@ class RealNVP(GenerativeModel):
             h, _ = coupling(actnorm(h)[0])
 
     # ---- the interface ---------------------------------------------------------------------------
-    def log_prob(self, x: Tensor) -> Tensor:
+    def _log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """(*batch, *event_shape) -> (*batch,): exact log-density in nats."""
         z, log_det = self(x)
         z = z.reshape(*log_det.shape, self.dims)                                  # (*batch, D)
         return -0.5 * (LOG_2PI + z ** 2).sum(-1) + log_det
 
-    def loss(self, x: Tensor) -> Tensor:
+    def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Mean negative log-likelihood in nats per example."""
         return -self.log_prob(x).mean()
 
-    def _sample(self, shape: torch.Size, temperature: float) -> Tensor:
+    def _draw(self, shape: torch.Size, temperature: float) -> Tensor:
         n = math.prod(shape)
         z = temperature * torch.randn(n, *self.event_shape, device=self.device, dtype=self.dtype)  # (n, *event)
         return self.inverse(z).reshape(*shape, *self.event_shape)
 
     @torch.no_grad()
-    def sample(self, sample_shape: int | Sequence[int] | torch.Size = torch.Size()) -> Tensor:
+    def _sample(self, sample_shape: torch.Size, context: Tensor | None = None) -> Tensor:
         """z ~ N(0, I) through the inverse flow. For images the values are the exact inverse, so a
         small fraction may fall just outside [0, 1] (see the module docstring)."""
-        return self._sample(as_sample_shape(sample_shape), 1.0)
+        return self._draw(as_sample_shape(sample_shape), 1.0)
 
     @torch.no_grad()
     def sample_for_display(self, n: int) -> Tensor:
         """Samples at ``display_temperature`` (images clipped to [0, 1]); 2-D data get true samples."""
         if not self.data_spec.is_image:
             return self.sample((n,))
-        return self._sample(torch.Size([n]), self.display_temperature).clamp(0.0, 1.0)
+        return self._draw(torch.Size([n]), self.display_temperature).clamp(0.0, 1.0)
 
     def likelihood_description(self) -> str:
         return "exact log-likelihood (change of variables)"

@@ -256,7 +256,7 @@ class GAN(GenerativeModel):
         return x.reshape(-1, *self.event_shape).to(self.dtype)
 
     # ---- the interface --------------------------------------------------------------------------
-    def loss(self, x: Tensor) -> Tensor:
+    def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """The game value on a batch (see the module docstring): V(D, G) for the standard
         objectives, the negated hinge loss of D for ``hinge``, mean l(x) - mean l(G(z)) for
         ``wgan-gp``; z is drawn afresh, one per example. x: (*batch, *event_shape) -> scalar."""
@@ -265,10 +265,10 @@ class GAN(GenerativeModel):
         real_logits, fake_logits = self._logits(x, fake)
         return VALUES[self.objective](real_logits, fake_logits)
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def _log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         raise self.no_likelihood()
 
-    def sample(self, sample_shape: int | Sequence[int] | torch.Size = torch.Size()) -> Tensor:
+    def _sample(self, sample_shape: torch.Size, context: Tensor | None = None) -> Tensor:
         """x = G(z), z ~ N(0, I); Bernoulli draws from G's probabilities for binarized images."""
         shape = as_sample_shape(sample_shape)
         n = shape.numel()

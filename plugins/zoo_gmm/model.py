@@ -111,14 +111,14 @@ class GMM(GenerativeModel):
             log_det = torch.log(torch.diagonal(scale, dim1=-2, dim2=-1)).sum(-1)  # (K,)
         return -0.5 * maha - log_det - 0.5 * d * math.log(2 * math.pi)
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def _log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         batch = self.validate_sample(x)
         flat = x.reshape(-1, self.data_spec.dims).to(self.means.dtype)       # (N, D)
         log_weights = torch.log_softmax(self.logits, dim=0)                  # (K,)
         out = torch.logsumexp(self.component_log_prob(flat) + log_weights, dim=-1)  # (N,)
         return out.reshape(batch)
 
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
+    def _sample(self, sample_shape: torch.Size, context: Tensor | None = None) -> Tensor:
         shape = as_sample_shape(sample_shape)
         n = math.prod(shape)
         with torch.no_grad():
@@ -131,5 +131,5 @@ class GMM(GenerativeModel):
         x = self.sample((n,))
         return x.clamp(0, 1) if self.data_spec.is_image else x
 
-    def loss(self, x: Tensor) -> Tensor:
+    def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         return -self.log_prob(x).mean()

@@ -128,7 +128,7 @@ class VAE(GenerativeModel):
         return x.reshape(-1, self.data_spec.dims).to(self.dtype), batch_shape
 
     # ---- the interface --------------------------------------------------------------------------
-    def loss(self, x: Tensor) -> Tensor:
+    def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Mean negative ELBO, one reparameterised sample of z and the analytic Gaussian KL."""
         x_flat, _ = self.flatten(x)  # (N, D)
         mean, log_var = self.encode(x_flat)  # (N, L) each
@@ -137,7 +137,7 @@ class VAE(GenerativeModel):
         kl = 0.5 * (mean**2 + log_var.exp() - log_var - 1).sum(-1)  # (N,)
         return (kl - rec).mean()
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def _log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """(*batch, *event_shape) -> (*batch,): one draw of the IWAE estimator with K samples."""
         x_flat, batch_shape = self.flatten(x)  # (N, D)
         K = self.num_importance_samples
@@ -154,7 +154,7 @@ class VAE(GenerativeModel):
         log_px = torch.logsumexp(torch.stack(chunks), dim=0) - math.log(K)  # (N,)
         return log_px.reshape(batch_shape)
 
-    def sample(self, sample_shape: int | Sequence[int] | torch.Size = torch.Size()) -> Tensor:
+    def _sample(self, sample_shape: torch.Size, context: Tensor | None = None) -> Tensor:
         """z ~ N(0, I), then x ~ p(x|z): Bernoulli draws, or raw (unclipped) Gaussian draws."""
         shape = as_sample_shape(sample_shape)
         z = torch.randn(*shape, self.latent_dim, device=self.device, dtype=self.dtype)  # (*S, L)

@@ -27,11 +27,17 @@ class DataSpec:
     representation: str  # one of REPRESENTATIONS
     num_levels: int | None = None  # L of the original discrete data (256 for MNIST, 17 for digits)
     extras: dict = field(default_factory=dict)  # dataset-specific facts (true entropy, ...)
+    num_classes: int | None = None  # classes of the labels the dataset has, None where it has none
+    conditional: bool = False  # whether batches carry the labels as context: (x, y)
+    context_shape: tuple[int, ...] = ()  # () for class labels; (*shape,) for a general context tensor
 
     def __post_init__(self):
         if self.representation not in REPRESENTATIONS:
             raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {self.representation!r}")
         object.__setattr__(self, "event_shape", tuple(int(d) for d in self.event_shape))
+        object.__setattr__(self, "context_shape", tuple(int(d) for d in self.context_shape))
+        if self.conditional and not self.context_shape and not self.num_classes:
+            raise ValueError(f"dataset '{self.name}' has no labels, so it cannot be conditional")
 
     @property
     def dims(self) -> int:
@@ -93,13 +99,15 @@ class DataSpec:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["event_shape"] = list(self.event_shape)
+        d["context_shape"] = list(self.context_shape)
         return d
 
     @classmethod
     def from_dict(cls, d: dict | "DataSpec") -> "DataSpec":
         if isinstance(d, DataSpec):
             return d
-        return cls(**{**d, "event_shape": tuple(d["event_shape"])})
+        return cls(**{**d, "event_shape": tuple(d["event_shape"]),
+                      "context_shape": tuple(d.get("context_shape", ()))})
 
 
 def _first_bad(mask) -> int:

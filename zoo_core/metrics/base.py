@@ -38,7 +38,8 @@ class Metric(abc.ABC):
     def reset(self) -> None: ...
 
     @abc.abstractmethod
-    def update(self, model, x: Tensor) -> None: ...
+    def update(self, model, x: Tensor, context: Tensor | None = None) -> None:
+        """Accumulate one batch x (N, *event_shape); ``context`` holds its labels for conditional models."""
 
     @abc.abstractmethod
     def compute(self, model) -> dict[str, Any]: ...

@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 
 from zoo_core.metrics.base import Metric, all_reduce_sum
-from zoo_core.plugins import check_log_prob
 
 
 class NLL(Metric):
@@ -44,9 +43,8 @@ class NLL(Metric):
     def reset(self) -> None:
         self._sums = torch.zeros(3, dtype=torch.float64)  # [sum nll, sum nll^2, count]
 
-    def update(self, model, x: Tensor) -> None:
-        log_prob = model.log_prob(x)
-        check_log_prob(model, x, log_prob)  # a plugin's wrong shape must not be averaged silently
+    def update(self, model, x: Tensor, context: Tensor | None = None) -> None:
+        log_prob = model.log_prob(x, context)  # shape-checked: a wrong shape must not be averaged silently
         nll = -(log_prob.double() + model.data_spec.log_prob_offset)  # (batch,)
         batch = torch.stack([nll.sum(), (nll ** 2).sum(), torch.tensor(float(len(nll)), dtype=torch.float64,
                                                                          device=nll.device)])

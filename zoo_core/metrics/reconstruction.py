@@ -49,7 +49,7 @@ class Reconstruction(Metric):
         self._sums = torch.zeros(4, dtype=torch.float64)  # [sum bce, sum bce^2, sum mse, count]
 
     @torch.no_grad()
-    def update(self, model, x: Tensor) -> None:
+    def update(self, model, x: Tensor, context: Tensor | None = None) -> None:
         x_hat = model.reconstruct(x)
         if tuple(x_hat.shape) != tuple(x.shape):
             raise ValueError(f"{model.family}: reconstruct(x) returned shape {tuple(x_hat.shape)} for x of shape "

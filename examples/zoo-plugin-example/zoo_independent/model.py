@@ -93,7 +93,7 @@ class Independent(GenerativeModel):
     def _param(self) -> Tensor:
         return self.logits if self.binary else self.mean
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def _log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         batch = self.validate_sample(x)
         x = x.to(self._param().dtype)
         if self.binary:
@@ -103,7 +103,7 @@ class Independent(GenerativeModel):
             per_dim = gaussian_log_prob(x, self.mean, 2.0 * self.log_std)  # (*batch, *event)
         return per_dim.flatten(start_dim=len(batch)).sum(-1)    # (*batch,)
 
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
+    def _sample(self, sample_shape: torch.Size, context: Tensor | None = None) -> Tensor:
         shape = (*as_sample_shape(sample_shape), *self.event_shape)
         with torch.no_grad():
             if self.binary:
@@ -115,7 +115,7 @@ class Independent(GenerativeModel):
         x = self.sample((n,))
         return x.clamp(0, 1) if self.data_spec.is_image else x
 
-    def loss(self, x: Tensor) -> Tensor:
+    def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         return -self.log_prob(x).mean()
 
     # ---- extras ---------------------------------------------------------------------------------
