@@ -27,6 +27,7 @@ import yaml
 from zoo_core import leaderboard
 from zoo_core.errors import ConfigError, ZooError
 from zoo_core.expected import check as check_expected
+from zoo_core.checkpoint import LAST
 from zoo_core.registry import TIERS, Registry, resolve_entry, suggest
 
 TRAINING_SECTIONS = ("family", "data", "model", "optim", "train")
@@ -80,32 +81,28 @@ def _training_part(config: dict) -> dict:
     return {k: config.get(k) for k in TRAINING_SECTIONS}
 
 
-def _saved_config(run_dir: Path) -> dict | None:
+def _saved_config(zoo, run_dir: Path) -> dict | None:
     """A run's config.yaml resolved again with today's defaults; None if unreadable or invalid now."""
-    from zoo_core.plugins import get_plugins
-
     try:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
         body = {k: v for k, v in saved.items() if k not in ("entry", "source")}
         return resolve_entry(saved["entry"], body, f"{run_dir / 'config.yaml'}", saved.get("source", ""),
-                             get_plugins())
+                             zoo.plugins)
     except (OSError, yaml.YAMLError, ZooError, AttributeError, KeyError, TypeError):
         return None
 
 
-def find_reusable(base: Path, config: dict) -> tuple[Path, bool] | None:
+def find_reusable(zoo, base: Path, config: dict) -> tuple[Path, bool] | None:
     """The newest finished run under ``base`` trained with ``config``: (run directory, eval settings equal)."""
-    from zoo_core.checkpoint import LAST
-
     finished = [p for p in base.glob("*") if (p / "metrics.json").is_file() and (p / "checkpoints" / LAST).is_file()]
     for run_dir in sorted(finished, key=lambda p: (p / "metrics.json").stat().st_mtime, reverse=True):
-        saved = _saved_config(run_dir)
+        saved = _saved_config(zoo, run_dir)
         if saved is not None and _training_part(saved) == _training_part(config):
             return run_dir, saved["eval"] == config["eval"]
     return None
 
 
-def _reuse(run_dir: Path, same_eval: bool, config: dict, opts: BenchOptions) -> tuple[dict, str]:
+def _reuse(zoo, run_dir: Path, same_eval: bool, config: dict, opts: BenchOptions) -> tuple[dict, str]:
     """metrics.json of a finished run; evaluated again when the entry's eval settings changed."""
     from zoo_core.runner import RunOptions, evaluate
 
@@ -118,7 +115,7 @@ def _reuse(run_dir: Path, same_eval: bool, config: dict, opts: BenchOptions) -> 
             results.pop("_file")
         else:
             overrides = [f"eval.{k}={json.dumps(v)}" for k, v in config["eval"].items()]
-            results = evaluate(str(run_dir), RunOptions(overrides=overrides, registry_files=opts.registry_files,
+            results = evaluate(zoo, str(run_dir), RunOptions(overrides=overrides, registry_files=opts.registry_files,
                                                         accelerator=opts.accelerator, data_dir=opts.data_dir,
                                                         progress=opts.progress))
             how += " (evaluated again: its eval settings differ from the entry's)"
@@ -132,8 +129,6 @@ def _reuse(run_dir: Path, same_eval: bool, config: dict, opts: BenchOptions) -> 
 def _earlier_evaluation(run_dir: Path, config: dict) -> dict | None:
     """A ``zoo eval`` result in ``run_dir`` made with exactly the entry's eval settings, after the
     run's last checkpoint was written; None if there is none."""
-    from zoo_core.checkpoint import LAST
-
     path = run_dir / f"eval_{'_'.join(config['eval']['splits'])}.json"
     try:
         results = json.loads(path.read_text())
@@ -145,11 +140,12 @@ def _earlier_evaluation(run_dir: Path, config: dict) -> dict | None:
     return {**results, "_file": path.name}
 
 
-def run(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
+def run(zoo, opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
     """Train (or reuse) every entry of the tier, write the leaderboard; returns it."""
     from zoo_core.runner import RunOptions, runs_root, train
 
-    registry = Registry(opts.registry_files)
+    zoo = zoo.with_registry(opts.registry_files)
+    registry = zoo.registry
     names = tier_entries(registry, opts.tier, opts.only)
     configs = {name: registry.resolve(name) for name in names}  # every entry valid before any training
     out = Path(opts.out or Path("bench") / opts.tier)
@@ -167,19 +163,19 @@ def run(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
         start = time.perf_counter()
         metrics, error = None, None
         try:
-            found = find_reusable(runs_root(run_opts) / name, config) if opts.reuse else None
+            found = find_reusable(zoo, runs_root(run_opts) / name, config) if opts.reuse else None
             if found is not None:
-                metrics, how = _reuse(found[0], found[1], config, opts)
+                metrics, how = _reuse(zoo, found[0], found[1], config, opts)
             else:
                 how = "trained"
-                metrics = train(name, run_opts)
+                metrics = train(zoo, name, run_opts)
         except ZooError as exc:
             how, error = "failed", str(exc)
         except Exception as exc:  # one entry's bug must not lose the others' results
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             how, error = "failed", f"internal error: {type(exc).__name__}: {first}"
         seconds = time.perf_counter() - start
-        row = leaderboard.make_row(name, config, metrics, how, error, round(seconds, 1))
+        row = leaderboard.make_row(zoo, name, config, metrics, how, error, round(seconds, 1))
         rows.append(row)
         log(f"[{i}/{len(names)}] {name}: {how}" + (f": {error}" if error else "") + f" ({seconds:.1f} s)")
     long, short = leaderboard.machine_description()

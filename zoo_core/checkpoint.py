@@ -15,16 +15,36 @@ import yaml
 from zoo_core.errors import CheckpointError
 
 LAST = "last.ckpt"
+# the three files of a 'zoo export' directory (zoo_core/export.py writes and reads them)
+EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_CONFIG = "config.yaml"
+EXPORT_MANIFEST = "manifest.json"
+
+
+def export_dir_of(path: str | Path) -> Path | None:
+    """The export directory that ``path`` names (the directory or one of its three files), else None."""
+    p = Path(path)
+    if p.is_file() and p.name in (EXPORT_WEIGHTS, EXPORT_CONFIG, EXPORT_MANIFEST):
+        p = p.parent
+    return p if p.is_dir() and (p / EXPORT_MANIFEST).is_file() else None
+
+
+def family_not_installed(family: str, provider: dict | None, where: str | Path) -> CheckpointError:
+    """The one message for a run, checkpoint or export of a family that is not installed."""
+    hint = ""
+    if provider and provider.get("plugin"):
+        dist = provider.get("distribution")
+        hint = (f"; it was provided by plugin '{provider['plugin']}'"
+                + (f" (distribution {dist} {provider.get('version')})" if dist and dist != "-" else ""))
+    return CheckpointError(f"{where}: family '{family}' is not installed{hint}")
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
     """RUN_DIR or a .ckpt file -> (checkpoint file, run directory or None)."""
     p = Path(path)
-    from zoo_core.export import WEIGHTS, export_dir_of
-
     export_dir = export_dir_of(p)
     if export_dir is not None:  # a 'zoo export' directory: its weights file, and no run directory
-        return export_dir / WEIGHTS, None
+        return export_dir / EXPORT_WEIGHTS, None
     if p.is_dir():
         ckpt = p / "checkpoints" / LAST
         if not ckpt.is_file():
@@ -66,24 +86,6 @@ def checkpoint_config(checkpoint: dict, path: Path, run_dir: Path | None) -> dic
     if run_dir is not None:
         return yaml.safe_load((run_dir / "config.yaml").read_text())
     raise CheckpointError(f"{path}: no zoo configuration inside the checkpoint and no config.yaml beside it")
-
-
-def load_model(path: str | Path, plugins=None):
-    """Rebuild the model of a run directory or checkpoint file. Returns (model, config, ckpt_path)."""
-    from zoo_core.plugins import get_plugins
-
-    plugins = plugins or get_plugins()
-    from zoo_core.export import export_dir_of, load_export
-
-    if export_dir_of(path) is not None:  # safetensors + YAML: no pickle involved
-        return load_export(path, plugins)
-    ckpt_path, run_dir = resolve_checkpoint(path)
-    checkpoint = read_checkpoint(ckpt_path)
-    config = checkpoint_config(checkpoint, ckpt_path, run_dir)
-    family = (checkpoint.get("zoo") or {}).get("family") or config.get("family")
-    model = rebuild_model(plugins.family(family), checkpoint, ckpt_path)
-    model.zoo_config = config
-    return model, config, ckpt_path
 
 
 def rebuild_model(cls, checkpoint: dict, path: Path | str = "checkpoint"):

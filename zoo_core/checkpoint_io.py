@@ -18,6 +18,7 @@ import contextlib
 import errno
 import io
 import os
+import tempfile
 import random
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,9 @@ def write_errors_reported(path: Path | str):
         raise write_error(exc.filename or path, exc) from None
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` and flush it to the disk (``fsync``)."""
-    with open(path, "wb") as f:
+def _write_fd(fd: int, data: bytes) -> None:
+    """Write ``data`` to the open file ``fd``, flush it to the disk (``fsync``) and close it."""
+    with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -83,16 +84,22 @@ def write_atomic(path: Path | str, data: bytes | str) -> None:
     """Replace ``path`` by ``data`` atomically: all of it or (after any failure) the previous file."""
     path = Path(path)
     payload = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_file(tmp, payload)
+        # a new file of a random name, created exclusively (O_EXCL): a link planted in the directory
+        # can never redirect the write
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp", dir=path.parent)
+        tmp = Path(name)
+        _write_fd(fd, payload)
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise write_error(path, exc) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
 

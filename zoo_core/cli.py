@@ -29,24 +29,24 @@ class _Parser(argparse.ArgumentParser):
         return super().format_help()
 
 
-def _metrics_epilog() -> str:
+def _metrics_epilog(get_zoo) -> str:
     """The registered metrics (zoo's and plugins'), one line each, for 'zoo eval --help'."""
     import textwrap
 
     from zoo_core.registry import EVAL_DEFAULTS
 
     try:
-        from zoo_core.plugins import get_plugins
-
-        metrics = get_plugins().metrics
+        metrics = get_zoo().plugins.metrics
     except Exception as exc:  # help must still print
         return f"metrics: could not load the plugins ({exc})"
     lines = textwrap.wrap(f"metrics (choose with --set eval.metrics=[a,b]; default "
                           f"{','.join(EVAL_DEFAULTS['metrics'])}; each runs only where it applies):", width=100)
     width = max((len(name) for name in metrics), default=0)
     for name, reg in sorted(metrics.items()):
-        doc = (reg.obj.__doc__ or "").strip().splitlines()
-        summary = getattr(reg.obj, "summary", "") or (doc[0] if doc else "")
+        try:
+            summary = reg.meta("summary") or (reg.obj.summary or (reg.obj.__doc__ or "").strip().split("\n")[0])
+        except Exception as exc:  # a broken metric plugin: still list it
+            summary = f"(cannot load: {exc})"
         lines += textwrap.wrap(f"{name:<{width}}  {summary} [{reg.plugin}]", width=100, initial_indent="  ",
                                subsequent_indent=" " * (width + 4))
     return "\n".join(lines)
@@ -79,7 +79,18 @@ def _add_hardware(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"expected an integer seed in [0, 2^32), got '{text}'")
+    return value
+
+
+def build_parser(get_zoo=None) -> argparse.ArgumentParser:
+    """The ``zoo`` parser; ``get_zoo()`` gives the Zoo where help needs the plugins (``zoo eval --help``)."""
     parser = _Parser(prog="zoo", description="A zoo of generative models: train, evaluate and compare them.",
                      epilog=EPILOG)
     parser.add_argument("--verbose", "-v", action="store_true", help="show tracebacks and Lightning's output")
@@ -100,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", action="append", default=[], metavar="FILE", help="extra registry file(s)")
     p.add_argument("--max-epochs", type=_positive, default=None)
     p.add_argument("--max-steps", type=_positive, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=_seed, default=None)
+    p.add_argument("--check", action="store_true",
+                   help="exit 3 when a published, target or reproduction expectation of the entry fails")
     p.add_argument("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, ...")
     p.add_argument("--runs-dir", default=None, help="where runs are written (default: $ZOO_RUNS_DIR or ./runs)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_OR_CKPT",
@@ -117,12 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with K samples, set by --set eval.iw_samples=K). Sample metrics\nuse "
                                    "eval.quality_samples samples; metrics.json keeps metric_descriptions, one line "
                                    "each on\nwhat was measured.")
-    p.lazy_epilog = _metrics_epilog
+    p.lazy_epilog = (lambda: _metrics_epilog(get_zoo)) if get_zoo is not None else None
     p.add_argument("run", help="run directory (runs/ENTRY/VERSION) or .ckpt file")
     p.add_argument("--split", action="append", choices=["train", "val", "test"], default=None,
                    help="split(s) to evaluate (default: the entry's eval.splits)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
                    help="change evaluation settings, e.g. --set eval.iw_samples=5000")
+    p.add_argument("--registry", action="append", default=[], metavar="FILE", help="extra registry file(s)")
+    p.add_argument("--check", action="store_true",
+                   help="exit 3 when a published, target or reproduction expectation of the entry fails")
     _add_hardware(p)
 
     p = sub.add_parser("new", help="start a new family as a separately installable plugin package",
@@ -136,7 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory or .ckpt file")
     p.add_argument("-n", type=_positive, default=64, help="number of samples (default 64)")
     p.add_argument("-o", "--output", required=True, help="output file: .png picture, .pt tensor or .npy array")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--class", dest="class_", type=int, default=None, metavar="K",
+                   help="conditional runs: draw samples of class K")
+    p.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="conditional diffusion: classifier-free guidance scale (0: none)")
+    p.add_argument("--force", action="store_true", help="allow more than 100000 samples")
 
     p = sub.add_parser("export", help="write a run's weights as safetensors with its config (no pickle to load)",
                        description="Writes DIR/model.safetensors, DIR/config.yaml (family, data spec, constructor "
@@ -180,7 +201,8 @@ def _options(args):
         precision=getattr(args, "precision", None), max_epochs=getattr(args, "max_epochs", None),
         max_steps=getattr(args, "max_steps", None), seed=getattr(args, "seed", None),
         runs_dir=getattr(args, "runs_dir", None), resume=getattr(args, "resume", None),
-        wandb=getattr(args, "wandb", False), data_dir=args.data_dir, progress=not args.no_progress)
+        wandb=getattr(args, "wandb", False), data_dir=args.data_dir,
+        progress=False if args.no_progress else None)
 
 
 def _is_rank_zero() -> bool:
@@ -189,135 +211,246 @@ def _is_rank_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
-def cmd_list(args) -> None:
-    from zoo_core.plugins import get_plugins
-    from zoo_core.registry import Registry
+def cmd_list(args, zoo) -> None:
+    from zoo_core.registry import entry_problems
 
-    plugins = get_plugins()
+    zoo = zoo.with_registry(args.registry)
     print("Families:")
-    for name, reg in sorted(plugins.families.items()):
-        cls = reg.obj
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        print(f"  {name:<16} likelihood={cls.likelihood:<6} plugin={reg.plugin:<10} {doc}")
-    registry = Registry(args.registry, plugins)
+    for name, reg in sorted(zoo.plugins.families.items()):
+        print(f"  {_shown(name):<16} likelihood={str(reg.meta('likelihood', '?')):<6} plugin={_shown(reg.plugin):<10} "
+              f"{_shown(reg.meta('summary', ''))}")
+    registry = zoo.registry
     print("\nRegistry entries:")
+    marked = 0
     for name in registry.names():
         raw = registry.raw(name)
         body = raw.body if isinstance(raw.body, dict) else {}
         data = body.get("data") or {}
         data_name = data.get("name", "?") if isinstance(data, dict) else "?"
-        print(f"  {name:<24} family={str(body.get('family', '?')):<10} data={data_name:<12} "
-              f"{body.get('description', '')}")
-    _warn_plugin_problems(plugins)
+        problems = entry_problems(zoo, name)
+        marked += bool(problems)
+        mark = "  ! " + "; ".join(problems) if problems else ""
+        print(f"  {_shown(name):<24} family={_shown(body.get('family', '?')):<10} data={_shown(data_name):<12} "
+              f"{_shown(body.get('description', ''))}{mark}")
+    if marked:
+        print(f"\n{marked} entr{'y is' if marked == 1 else 'ies are'} marked '!': they cannot run as written",
+              file=sys.stderr)
+    _warn_plugin_problems(zoo)
 
 
-def _warn_plugin_problems(plugins) -> None:
-    for line in plugins.problems():
-        print(f"zoo: warning: {line}", file=sys.stderr)
+def _shown(value) -> str:
+    """A name or text as printed: control and bidi characters escaped, never raw."""
+    from zoo_core.errors import one_line
+
+    text = one_line(str(value))
+    return "".join(c if not (0x202A <= ord(c) <= 0x202E or 0x2066 <= ord(c) <= 0x2069) else f"\\u{ord(c):04x}"
+                   for c in text)
 
 
-def cmd_plugins(args) -> None:
-    from zoo_core.plugins import get_plugins
+def _warn_plugin_problems(zoo) -> None:
+    for line in zoo.problems():
+        print(f"zoo: warning: {_shown(line)}", file=sys.stderr)
 
-    plugins = get_plugins()
-    for info in plugins.plugins.values():
-        print(f"{info.name:<12} {info.version:<10} {info.status:<8} dist={info.distribution:<18} "
-              f"module={info.module}  hooks: {', '.join(info.hooks) or '-'}")
+
+def cmd_plugins(args, zoo) -> None:
+    for info in zoo.plugins.plugins.values():
+        print(f"{_shown(info.name):<12} {_shown(info.version):<10} {info.status:<8} dist={_shown(info.distribution):<18} "
+              f"module={_shown(info.module)}  hooks: {', '.join(info.hooks) or '-'}")
         for err in info.errors:
-            print(f"    problem: {err}")
+            print(f"    problem: {_shown(err)}")
 
 
-def cmd_train(args) -> None:
+def cmd_train(args, zoo) -> int:
     from zoo_core.runner import train
 
-    metrics = train(args.entry, _options(args))
+    metrics = train(zoo, args.entry, _options(args))
     if _is_rank_zero():
         print(_summary(metrics))
+    return _gate(args, metrics.get("expected") or [])
+
+
+def _gate(args, rows: list[dict]) -> int:
+    """--check: exit 3 when a published, target or reproduction expectation failed."""
+    from zoo_core.expected import failures
+
+    if not getattr(args, "check", False):
+        return 0
+    failed = failures(rows)
+    if failed:
+        print(f"zoo: check failed: {len(failed)} expectation(s) not met: "
+              + "; ".join(f"{r['metric']} ({r['kind']})" for r in failed), file=sys.stderr)
+        return 3
+    return 0
 
 
 def _summary(metrics: dict) -> str:
     from zoo_core.expected import summary_lines
 
     parts = [f"run: {metrics['run_dir']}", f"wall {metrics['wall_time_s']:.1f}s"]
+    if metrics.get("hardware") and metrics["hardware"] != "1 process":
+        parts.append(metrics["hardware"])
     for split in ("val", "test"):
-        if split in metrics and "nll_nats" in metrics[split]:
-            r = metrics[split]
+        r = metrics.get(split) or {}
+        if r.get("nll_nats") is not None:
             parts.append(f"{split} NLL {r['nll_nats']:.3f} nats ({r['bits_per_dim']:.4f} bits/dim)")
     return "\n".join(["  ".join(parts), *summary_lines(metrics.get("expected") or [])])
 
 
-def cmd_eval(args) -> None:
+def cmd_eval(args, zoo) -> int:
     from zoo_core.runner import evaluate
 
-    results = evaluate(args.run, _options(args), splits=args.split)
+    results = evaluate(zoo, args.run, _options(args), splits=args.split)
     if _is_rank_zero():
         print(json.dumps(results, indent=2))
         from zoo_core.expected import summary_lines
 
         for line in summary_lines(results.get("expected") or []):  # stderr: stdout stays one JSON document
             print(line.strip(), file=sys.stderr)
+    return _gate(args, results.get("expected") or [])
 
 
-def cmd_bench(args) -> None:
+def cmd_bench(args, zoo) -> None:
     from zoo_core.bench import BenchOptions, run
 
-    board = run(BenchOptions(tier=args.tier, out=args.out, runs_dir=args.runs_dir, readme=args.readme,
-                             only=args.only, reuse=args.reuse, registry_files=args.registry,
-                             data_dir=args.data_dir, accelerator=args.accelerator, progress=args.progress))
+    board = run(zoo, BenchOptions(tier=args.tier, out=args.out, runs_dir=args.runs_dir, readme=args.readme,
+                                  only=args.only, reuse=args.reuse, registry_files=args.registry,
+                                  data_dir=args.data_dir, accelerator=args.accelerator, progress=args.progress))
     out = args.out or f"bench/{args.tier}"
     print(f"wrote {out}/leaderboard.md, leaderboard.json, leaderboard.png ({len(board['rows'])} entries)"
           + (f"; updated {args.readme}" if args.readme else ""))
 
 
-def cmd_sample(args) -> None:
-    from zoo_core.runner import sample
+def cmd_sample(args, zoo) -> None:
+    from zoo_core.loading import load_model
+    from zoo_core.runner import sample_to_file
 
-    out = sample(args.run, args.n, args.output, seed=args.seed)
+    model, config, _ = load_model(args.run, zoo)
+    context = None
+    if args.class_ is not None:
+        if not model.is_conditional:
+            raise ZooError(f"--class {args.class_}: family '{model.family}' of this run is not conditional "
+                           f"(entries named FAMILY-DATA-cond are)")
+        context = args.class_
+    if args.guidance is not None:
+        if not hasattr(model, "guidance_scale"):
+            raise ZooError(f"--guidance: family '{model.family}' has no guidance scale (classifier-free "
+                           f"guidance is a diffusion option)")
+        model.guidance_scale = args.guidance
+    out = sample_to_file(model, config, args.n, args.output, seed=args.seed, context=context, force=args.force)
     print(f"wrote {args.n} samples to {out}")
 
 
-def cmd_export(args) -> None:
+def cmd_export(args, zoo) -> None:
     from zoo_core.export import export_model
+    from zoo_core.loading import load_model
 
-    out = export_model(args.run, args.output)
+    out = export_model(zoo, args.run, args.output, loaded=load_model(args.run, zoo))
     print(f"exported to {out} (model.safetensors, config.yaml, manifest.json)")
 
 
-def cmd_new(args) -> None:
+def cmd_new(args, zoo) -> None:
     from zoo_core.scaffold import new_family
 
-    target = new_family(args.name, args.dir)
+    target = new_family(zoo, args.name, args.dir)
     print(f"created {target}\nnext: pip install -e {target} && python -m pytest {target} -q && "
           f"zoo train {args.name}-moons")
 
 
 COMMANDS = {"list": cmd_list, "plugins": cmd_plugins, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
-            "new": cmd_new, "export": cmd_export}
-
-COMMANDS["bench"] = cmd_bench
+            "new": cmd_new, "export": cmd_export, "bench": cmd_bench}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _plugin_commands(parser, sub, zoo) -> None:
+    """Subcommands that plugins add through the ``register_commands`` hook."""
+    def register(name, configure, help=""):
+        if name in COMMANDS or name in sub.choices:
+            raise ValueError(f"command '{name}' is already taken")
+        p = sub.add_parser(name, help=help)
+        configure(p)
+        if "run" not in p._defaults:
+            raise ValueError(f"command '{name}': configure(parser) must set parser.set_defaults(run=...)")
+
+    for name, info in zoo.plugins.plugins.items():
+        if "register_commands" not in info.hooks:
+            continue
+        others = [p for n, p in zoo.plugins.pm.list_name_plugin() if n != name and p is not None]
+        try:
+            zoo.plugins.pm.subset_hook_caller("register_commands", remove_plugins=others)(register=register)
+        except Exception as exc:
+            info.errors.append(f"register_commands raised {type(exc).__name__}: {exc}")
+            info.status = "problem"
+
+
+def main(argv: list[str] | None = None, zoo=None) -> int:
+    """Run one ``zoo`` command. ``zoo`` (a :class:`zoo_core.zoo.Zoo`) is built here unless given."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verbose = any(a in ("-v", "--verbose") for a in argv[:1])
+    built = {"zoo": zoo}
+
+    def get_zoo():
+        if built["zoo"] is None:
+            from zoo_core.zoo import Zoo
+
+            built["zoo"] = Zoo()
+        return built["zoo"]
+
+    parser = build_parser(get_zoo)
     try:
-        COMMANDS[args.command](args)
+        if _needs_plugins(argv):
+            _plugin_commands(parser, parser._subparsers._group_actions[0], get_zoo())
+        args = parser.parse_args(argv)
+        verbose = args.verbose
+        zoo = get_zoo()
+        code = (args.run(args, zoo) if args.command not in COMMANDS else COMMANDS[args.command](args, zoo))
+        sys.stdout.flush()
+        return int(code or 0)
+    except BrokenPipeError:  # zoo list | head: the reader left; not an error
+        _silence_stdout()
         return 0
     except ZooError as exc:
-        if args.verbose:
+        if verbose:
             traceback.print_exc()
-        print(f"zoo: error: {exc}", file=sys.stderr)
-        return 1
+        print(f"zoo: error: {_with_provider(exc, built['zoo'])}", file=sys.stderr)
+        return getattr(exc, "exit_code", 1)
     except KeyboardInterrupt:
         print("zoo: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # an unexpected failure: still one line unless --verbose
-        if args.verbose:
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"zoo: internal error: {type(exc).__name__}: {first} (run with --verbose for the traceback)",
-              file=sys.stderr)
+    except RecursionError:
+        print("zoo: error: input nested too deeply (a registry or override deeper than Python's recursion "
+              "limit)", file=sys.stderr)
         return 1
+    except Exception as exc:  # an unexpected failure: still one line unless --verbose
+        if verbose:
+            raise
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        print(f"zoo: internal error (a bug; please report it): {type(exc).__name__}: {first} "
+              f"(run with --verbose for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _needs_plugins(argv: list[str]) -> bool:
+    """Whether parsing needs plugin commands: an unknown first word may be a plugin's subcommand."""
+    words = [a for a in argv if not a.startswith("-")]
+    return bool(words) and words[0] not in COMMANDS
+
+
+def _with_provider(exc: ZooError, zoo) -> str:
+    """An interface violation, prefixed with the plugin that provides the family."""
+    from zoo_core.errors import InterfaceError
+
+    if isinstance(exc, InterfaceError) and zoo is not None and exc.family in zoo.plugins.families:
+        return f"{zoo.describe_family(exc.family)}, {exc}"
+    return str(exc)
+
+
+def _silence_stdout() -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

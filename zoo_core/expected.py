@@ -87,10 +87,31 @@ def check(expectations: Iterable[dict] | None, metrics: dict) -> list[dict]:
     return [check_one(e, metrics) for e in (expectations or [])]
 
 
+def not_comparable(expectations: Iterable[dict] | None, overrides: list[str], metrics: dict | None = None
+                   ) -> list[dict]:
+    """Rows for a run whose settings differ from its entry's: measured, but neither pass nor fail."""
+    rows = []
+    for e in expectations or []:
+        row = check_one(e, metrics or {})
+        row.update(passed=None, shortfall=None, status="not comparable",
+                   note="not comparable: overrides " + ", ".join(overrides))
+        rows.append(row)
+    return rows
+
+
+#: statuses that make ``zoo train --check`` / ``zoo eval --check`` exit non-zero
+GATING_KINDS = ("published", "target", "reproduction")
+
+
+def failures(rows: list[dict]) -> list[dict]:
+    """The failed expectations that gate (published, target or reproduction)."""
+    return [r for r in rows if r["status"] == "fail" and r["kind"] in GATING_KINDS]
+
+
 def tally(rows: list[dict]) -> dict[str, int]:
-    out = {"pass": 0, "fail": 0, "missing": 0, "reference": 0}
+    out = {"pass": 0, "fail": 0, "missing": 0, "reference": 0, "not comparable": 0}
     for r in rows:
-        out[r["status"]] += 1
+        out[r["status"]] = out.get(r["status"], 0) + 1
     return out
 
 
@@ -111,23 +132,10 @@ def describe(row: dict) -> str:
         status += f" (short by {_num(row['shortfall'])})" if row["shortfall"] else ""
     elif status == "reference" and row["shortfall"]:
         status += f" ({_num(row['shortfall'])} behind)"
+    elif status == "not comparable":
+        status = row.get("note", status)
     return f"{row['metric']} = {_num(row['measured'])}, expected {bound} ({row['kind']}) -> {status} [{row['source']}]"
 
 
 def summary_lines(rows: list[dict]) -> list[str]:
     return [f"  expected: {describe(r)}" for r in rows]
-
-
-def expectations_for(config: dict, registry_files: Iterable[str] = ()) -> list[dict]:
-    """The entry's expectations as the registry states them now (they may have been added after the
-    run was trained); the run's own saved ones when the entry is no longer in the registry."""
-    from zoo_core.errors import ConfigError
-    from zoo_core.registry import Registry, validate_expected
-
-    entry = config.get("entry")
-    try:
-        raw = Registry(list(registry_files)).raw(entry)
-    except ConfigError:
-        return list(config.get("expected") or [])
-    body = raw.body if isinstance(raw.body, dict) else {}
-    return validate_expected(body.get("expected"), f"{raw.source}: entry '{entry}'")

@@ -27,22 +27,16 @@ from pathlib import Path
 import torch
 import yaml
 
+from zoo_core import __version__
+from zoo_core.checkpoint import EXPORT_CONFIG as CONFIG
+from zoo_core.checkpoint import EXPORT_MANIFEST as MANIFEST
+from zoo_core.checkpoint import EXPORT_WEIGHTS as WEIGHTS
+from zoo_core.checkpoint import export_dir_of, family_not_installed, resolve_checkpoint
+from zoo_core.checkpoint_io import write_atomic
 from zoo_core.errors import CheckpointError, ZooError
 
 FORMAT = "zoo-export"
 FORMAT_VERSION = 1
-WEIGHTS = "model.safetensors"
-CONFIG = "config.yaml"
-MANIFEST = "manifest.json"
-
-
-# ---- recognising an export ---------------------------------------------------------------------
-def export_dir_of(path: str | Path) -> Path | None:
-    """The export directory that ``path`` names (the directory or one of its three files), else None."""
-    p = Path(path)
-    if p.is_file() and p.name in (WEIGHTS, CONFIG, MANIFEST):
-        p = p.parent
-    return p if p.is_dir() and (p / MANIFEST).is_file() else None
 
 
 def _plain(value):
@@ -62,12 +56,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _zoo_version() -> str:
-    from zoo_core import __version__
-
-    return __version__
-
-
 # ---- writing -----------------------------------------------------------------------------------
 def default_output(ckpt: Path, run_dir: Path | None) -> Path:
     """RUN_DIR/export for a run's last checkpoint, RUN_DIR/export-STEM for another of its
@@ -77,17 +65,13 @@ def default_output(ckpt: Path, run_dir: Path | None) -> Path:
     return ckpt.with_name(f"{ckpt.stem}-export")
 
 
-def export_model(path: str | Path, output: str | Path | None = None) -> Path:
-    """Export the model of a run directory, checkpoint or export to ``output``; returns the directory."""
+def export_model(zoo, path: str | Path, output: str | Path | None = None, loaded=None) -> Path:
+    """Export the model of a run directory, checkpoint or export to ``output``; returns the directory.
+    ``loaded`` = (model, config, source) of a model already loaded from ``path``."""
     from safetensors.torch import save
 
-    from zoo_core.checkpoint_io import write_atomic
-
-    from zoo_core.checkpoint import load_model, resolve_checkpoint
-    from zoo_core.plugins import get_plugins
-
-    plugins = get_plugins()
-    model, config, source = load_model(path, plugins)
+    plugins = zoo.plugins
+    model, config, source = loaded
     if output is None:
         existing = export_dir_of(path)
         if existing is not None:
@@ -120,7 +104,7 @@ def export_model(path: str | Path, output: str | Path | None = None) -> Path:
     write_atomic(out / CONFIG, f"# zoo export of {source}: rebuild with zoo_core.export.load_export "
                                f"(no pickle involved)\n" + yaml.safe_dump(document, sort_keys=False))
     manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "zoo_version": _zoo_version(),
+        "format": FORMAT, "format_version": FORMAT_VERSION, "zoo_version": __version__,
         "family": model.family, "plugin": provider, "entry": config.get("entry"),
         "weights": {"file": WEIGHTS, "sha256": sha256_file(out / WEIGHTS), "tensors": len(tensors)},
         "config": {"file": CONFIG, "sha256": sha256_file(out / CONFIG)},
@@ -205,16 +189,14 @@ def check_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path
             raise CheckpointError(f"{path}: tensor '{name}' has dtype {got.dtype}, expected {want.dtype}")
 
 
-def load_export(path: str | Path, plugins=None):
+def load_export(path: str | Path, zoo):
     """Rebuild the model of an export directory. Returns (model, run config, export directory).
 
     Reads JSON, ``yaml.safe_load`` and safetensors only: no pickle, no code from the files."""
-    from zoo_core.plugins import get_plugins
-
     export_dir = export_dir_of(path)
     if export_dir is None:
         raise CheckpointError(f"{path}: not a zoo export directory (no {MANIFEST})")
-    plugins = plugins or get_plugins()
+    plugins = zoo.plugins
     manifest = read_manifest(export_dir)
     document = read_config(export_dir, manifest)
     weights = export_dir / WEIGHTS
@@ -223,10 +205,7 @@ def load_export(path: str | Path, plugins=None):
 
     family = document["family"]
     if family not in plugins.families:
-        provider = manifest.get("plugin") or {}
-        hint = (f"; it was provided by plugin '{provider.get('plugin')}' (distribution "
-                f"{provider.get('distribution')} {provider.get('version')})") if provider else ""
-        raise CheckpointError(f"{export_dir}: family '{family}' is not installed{hint}")
+        raise family_not_installed(family, manifest.get("plugin"), export_dir)
     cls = plugins.family(family)
     args = dict(document["model_args"] or {})
     try:

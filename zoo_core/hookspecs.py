@@ -26,12 +26,16 @@ def register_families(register: Callable[[type], None]) -> None:
     """Register model families: ``register(ModelClass)`` for each ``GenerativeModel`` subclass.
 
     The family's name is ``ModelClass.family``; its likelihood kind is ``ModelClass.likelihood``.
+    To keep ``zoo list`` from importing torch, register a lazy reference instead:
+    ``register(Lazy("my_package.model:MyModel", family="mine", likelihood="exact", summary="..."))``
+    (``zoo_core.plugins.Lazy``); the class is imported and checked when first used.
     """
 
 
 @hookspec
 def register_datasets(register: Callable[[str, type], None]) -> None:
-    """Register datasets: ``register(name, DataModuleClass)``, a ``ZooDataModule`` subclass.
+    """Register datasets: ``register(name, DataModuleClass)``, a ``ZooDataModule`` subclass (or a
+    ``Lazy("module:Class")`` reference to one).
 
     The class is built as ``DataModuleClass(representation=..., batch_size=..., seed=...,
     data_dir=..., **params)`` where ``params`` are the registry entry's other ``data`` keys.
@@ -40,7 +44,8 @@ def register_datasets(register: Callable[[str, type], None]) -> None:
 
 @hookspec
 def register_metrics(register: Callable[[str, type], None]) -> None:
-    """Register evaluation metrics: ``register(name, MetricClass)``, a ``zoo_core.metrics.Metric``.
+    """Register evaluation metrics: ``register(name, MetricClass)``, a ``zoo_core.metrics.Metric``
+    (or ``Lazy("module:Class", summary="...")``).
 
     Registry entries select metrics by name under ``eval.metrics``.
     """
@@ -50,3 +55,11 @@ def register_metrics(register: Callable[[str, type], None]) -> None:
 def register_entries(register: Callable[[str, dict], None]) -> None:
     """Contribute registry entries: ``register(name, entry_dict)`` with the same schema as
     ``registry.yaml`` (family, data, model, optim, train, eval). They are validated like the file's."""
+
+
+@hookspec
+def register_commands(register: Callable[[str, Callable, str], None]) -> None:
+    """Add ``zoo`` subcommands: ``register(name, configure, help)``. ``configure(parser)`` receives
+    the subcommand's ``argparse.ArgumentParser`` to add arguments to, and must set the function to run
+    with ``parser.set_defaults(run=lambda args, zoo: ...)``; it receives the parsed arguments and the
+    :class:`zoo_core.zoo.Zoo`. Built-in command names cannot be taken."""

@@ -37,7 +37,7 @@ def _get(d: dict | None, *keys: str) -> float | None:
     return None
 
 
-def make_row(entry: str, config: dict, metrics: dict | None, how: str, error: str | None = None,
+def make_row(zoo, entry: str, config: dict, metrics: dict | None, how: str, error: str | None = None,
              bench_seconds: float | None = None) -> dict:
     """One leaderboard row; ``metrics`` is the run's metrics.json (None when the entry failed)."""
     metrics = metrics or {}
@@ -46,10 +46,8 @@ def make_row(entry: str, config: dict, metrics: dict | None, how: str, error: st
     data = config["data"]
     kind = metrics.get("likelihood")
     if kind is None:
-        from zoo_core.plugins import get_plugins
-
-        family = get_plugins().families.get(config["family"])
-        kind = family.obj.likelihood if family is not None else None
+        family = zoo.plugins.families.get(config["family"])
+        kind = family.meta("likelihood") if family is not None else None
     fd = _get(r, "fd")
     quality = ({"statistic": "FD", "value": fd, "data_floor": _get(r, "fd_data_floor")} if fd is not None else
                {"statistic": "SW1", "value": _get(r, "sliced_wasserstein", "sw1"),

@@ -26,11 +26,12 @@ import torch
 from torch import Tensor
 
 from zoo_core.data.spec import DataSpec
+from zoo_core.optim import DEFAULT_OPTIM, OPTIMIZER_NAMES
 from zoo_core.errors import ContextError, InterfaceError, NoLikelihoodError, TrainingDiverged
 
 LIKELIHOOD_KINDS = ("exact", "bound", "none")
-DEFAULT_OPTIM = {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "scheduler": None}
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES
 
 
 def as_sample_shape(sample_shape: int | Sequence[int] | torch.Size) -> torch.Size:
@@ -362,7 +363,8 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
         if weights:
             raise TrainingDiverged(f"the weights became non-finite at {self._where()}: {self._describe(weights)}; "
                                    f"not writing a checkpoint of them")
-        checkpoint["zoo"] = {"family": self.family, "config": getattr(self, "zoo_config", None)}
+        checkpoint["zoo"] = {"family": self.family, "config": getattr(self, "zoo_config", None),
+                             "plugin": getattr(self, "zoo_provider", None)}
 
 
 def _interface_error(model, what: str) -> InterfaceError:

@@ -1,6 +1,7 @@
 """Sample pictures: an image grid for images; data, density and samples for 2-D data."""
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -14,11 +15,11 @@ from torch import Tensor  # noqa: E402
 from zoo_core.model import check_sample_shape  # noqa: E402
 
 
-def image_grid(images: Tensor, path: str | Path, title: str = "") -> None:
-    """images: (N, C, H, W) in [0, 1] -> a square-ish grid PNG."""
+def image_grid(images: Tensor, path: str | Path, title: str = "", cols: int | None = None) -> None:
+    """images: (N, C, H, W) in [0, 1] -> a grid PNG, square-ish unless ``cols`` is given."""
     images = images.detach().float().cpu().clamp(0, 1)
     n, c, h, w = images.shape
-    cols = math.ceil(math.sqrt(n))
+    cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     canvas = torch.ones(c, rows * (h + 1) + 1, cols * (w + 1) + 1)
     for i in range(n):
@@ -29,8 +30,19 @@ def image_grid(images: Tensor, path: str | Path, title: str = "") -> None:
               interpolation="nearest")
     ax.axis("off")
     ax.set_title(title, fontsize=9)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> None:
+    """Write the figure as a PNG atomically (a killed or failed write leaves no partial file)."""
+    from zoo_core.checkpoint_io import write_atomic
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    write_atomic(path, buffer.getvalue())
 
 
 def scatter_2d(samples: Tensor, path: str | Path, title: str = "", data: Tensor | None = None,
@@ -63,19 +75,31 @@ def scatter_2d(samples: Tensor, path: str | Path, title: str = "", data: Tensor 
         a.set_xlim(float(lo[0]), float(hi[0]))
         a.set_ylim(float(lo[1]), float(hi[1]))
         a.set_aspect("equal")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path)
 
 
-def save_samples(model, path: str | Path, n: int, data: Tensor | None = None, title: str = "") -> None:
-    """Draw ``n`` samples from ``model`` and save the picture that suits its data."""
+def save_samples(model, path: str | Path, n: int, data: Tensor | None = None, title: str = "",
+                 context: Tensor | int | None = None) -> None:
+    """Draw ``n`` samples from ``model`` and save the picture that suits its data. A conditional
+    model without a given context draws one row per class."""
     model.eval()
+    per_class = None
+    if getattr(model, "is_conditional", False) and context is None and model.num_classes:
+        k = model.num_classes
+        per_class = max(1, n // k)
+        n = per_class * k
+        context = torch.arange(k).repeat_interleave(per_class)  # (n,): row r holds class r
     with torch.no_grad():
-        samples = model.sample_for_display(n)
+        if context is None:
+            samples = model.sample_for_display(n)
+        else:
+            samples = model.sample((n,), context=torch.as_tensor(context))
+            if model.data_spec.is_image:
+                samples = samples.clamp(0, 1)
     check_sample_shape(model, samples, (n,))  # sample_for_display bypasses the public sample
     spec = model.data_spec
     if spec.is_image:
-        image_grid(samples.reshape(n, *spec.event_shape), path, title)
+        image_grid(samples.reshape(n, *spec.event_shape), path, title, cols=per_class)
     elif spec.event_shape == (2,):
         log_density = (lambda g: model.log_prob(g.to(model.device))) if model.likelihood == "exact" else None
         scatter_2d(samples, path, title, data=data, log_density=log_density)

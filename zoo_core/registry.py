@@ -30,8 +30,10 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from zoo_core.data.spec import REPRESENTATIONS
-from zoo_core.errors import ConfigError
-from zoo_core.model import DEFAULT_OPTIM, OPTIMIZERS
+from zoo_core.errors import ConfigError, one_line
+from zoo_core.expected import DEFAULT_EXPECTATION, DIRECTIONS, EXPECTATION_KEYS, KINDS
+from zoo_core.optim import DEFAULT_OPTIM, OPTIMIZER_NAMES
+from zoo_core.plugins import name_problem
 
 REGISTRY_ENV = "ZOO_REGISTRY"
 TOP_LEVEL_KEYS = ("family", "description", "data", "model", "optim", "train", "eval", "tier", "expected")
@@ -59,8 +61,58 @@ YamlLoader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+MAX_REGISTRY_BYTES = 4 << 20  # a registry file larger than this is refused unread
+MAX_YAML_NODES = 200_000  # aliases expanded ("billion laughs") count too
+
+
 def load_yaml(text: str):
-    return yaml.load(text, Loader=YamlLoader)
+    """Parse YAML safely, refusing documents whose alias expansion would exceed ``MAX_YAML_NODES`` nodes."""
+    loader = YamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _count_nodes(node)
+        return loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
+
+
+def _count_nodes(root) -> None:
+    """Count the nodes of the expanded document (shared aliases counted at every use), without recursion."""
+    stack: list = [root]
+    sizes: dict[int, int] = {}
+    # size(node) = 1 + sum of children sizes; computed iteratively with memoisation (aliases share nodes)
+    order, seen = [], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        order.append(node)
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                stack.extend((k, v))
+    for node in reversed(order):
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [c for kv in node.value for c in kv]
+        else:
+            children = []
+        sizes[id(node)] = 1 + sum(sizes.get(id(c), 1) for c in children)
+        if sizes[id(node)] > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"the document expands to more than {MAX_YAML_NODES} nodes (YAML aliases)")
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """A value for an error message: repr abbreviated (``reprlib``), control characters escaped."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxlevel = limit, limit, 6, 6, 3
+    return one_line(r.repr(value))[: limit + 20]
 
 
 def suggest(name: str, candidates: Iterable[str]) -> str:
@@ -172,14 +224,13 @@ def _betas(v):
 
 
 OPTIM_CHECKS: dict[str, Callable] = {
-    "name": _choice(tuple(OPTIMIZERS)), "lr": lambda v: _number(v, 0, exclusive=True),
+    "name": _choice(OPTIMIZER_NAMES), "lr": lambda v: _number(v, 0, exclusive=True),
     "weight_decay": lambda v: _number(v, 0), "betas": _betas, "scheduler": _choice(("cosine", "none"), allow_none=True),
 }
 
 
 def validate_expected(items, where: str) -> list[dict]:
     """The ``expected`` key: a list of expected results (zoo_core/expected.py), normalised."""
-    from zoo_core.expected import DEFAULT_EXPECTATION, DIRECTIONS, EXPECTATION_KEYS, KINDS
 
     if items is None:
         return []
@@ -234,10 +285,8 @@ class RawEntry:
 class Registry:
     """All registry entries from every source; ``resolve(name, overrides)`` validates one."""
 
-    def __init__(self, files: Iterable[str | Path] = (), plugins=None, include_builtin: bool = True):
-        from zoo_core.plugins import get_plugins
-
-        self.plugins = plugins or get_plugins()
+    def __init__(self, files: Iterable[str | Path], plugins, include_builtin: bool = True):
+        self.plugins = plugins
         self.entries: dict[str, RawEntry] = {}
         if include_builtin:
             self._load_file(builtin_registry_path())
@@ -253,22 +302,43 @@ class Registry:
 
     def _load_file(self, path: Path) -> None:
         try:
-            text = path.read_text()
+            if path.stat().st_size > MAX_REGISTRY_BYTES:
+                raise ConfigError(f"{path}: registry file larger than {MAX_REGISTRY_BYTES >> 20} MiB; "
+                                  f"expected a YAML mapping of entries")
+            text = path.read_bytes().decode("utf-8")
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read registry file ({exc.strerror or exc})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); expected a YAML "
+                              f"registry") from None
         try:
             doc = load_yaml(text)
+        except RecursionError:
+            raise ConfigError(f"{path}: YAML nested too deeply; expected a registry of entries") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+            raise ConfigError(f"{path}: invalid YAML{where}: {short(problem, 200)}") from None
         if doc is None:
             return
         if not isinstance(doc, dict):
             raise ConfigError(f"{path}: expected a mapping of entry names to entries, got {type(doc).__name__}")
         for name, body in doc.items():
+            problem = name_problem("entry", name)
+            if problem:
+                raise ConfigError(f"{path}: {problem}")
             self.entries[str(name)] = RawEntry(str(name), body, str(path))
+
+    def expectations_for(self, config: dict) -> list[dict]:
+        """The entry's expectations as the registry states them now (they may have been added after the
+        run was trained); the run's own saved ones when the entry is no longer in the registry."""
+        entry = config.get("entry")
+        if entry not in self.entries:
+            return list(config.get("expected") or [])
+        raw = self.entries[entry]
+        body = raw.body if isinstance(raw.body, dict) else {}
+        return validate_expected(body.get("expected"), f"{raw.source}: entry '{entry}'")
 
     def names(self) -> list[str]:
         return sorted(self.entries)
@@ -292,6 +362,56 @@ class Registry:
         if overrides:
             where += " (with --set " + " ".join(overrides) + ")"
         return resolve_entry(name, body, where, raw.source, self.plugins)
+
+
+def _conditional_families(plugins) -> list[str]:
+    return sorted(n for n, r in plugins.families.items() if r.meta("conditional", False))
+
+
+def entry_problems(zoo, name: str) -> list[str]:
+    """What keeps an entry from running, found without building anything (for ``zoo list``):
+    an unknown family or dataset, or an expectation naming a metric key no metric writes."""
+    raw = zoo.registry.entries[name]
+    body = raw.body if isinstance(raw.body, dict) else None
+    if body is None:
+        return ["not a mapping"]
+    plugins, out = zoo.plugins, []
+    family = body.get("family")
+    if family not in plugins.families:
+        out.append(f"unknown family {short(family)}{suggest(str(family), plugins.families)}")
+    data = body.get("data") if isinstance(body.get("data"), dict) else {}
+    if data.get("name") not in plugins.datasets:
+        out.append(f"unknown dataset {short(data.get('name'))}{suggest(str(data.get('name')), plugins.datasets)}")
+    keys = metric_keys(plugins)
+    for i, item in enumerate(body.get("expected") or []):
+        if not isinstance(item, dict) or not isinstance(item.get("metric"), str):
+            continue
+        metric = item["metric"]
+        leaf = metric.split(".")[-1]
+        if keys and metric.split(".")[0] in ("train", "val", "test") and leaf not in keys:
+            out.append(f"expected[{i}].metric '{short(metric)}': no metric writes '{leaf}'"
+                       f"{suggest(leaf, keys)}")
+        direction = item.get("direction")
+        if direction is not None and direction not in DIRECTIONS:
+            out.append(f"expected[{i}].direction {short(direction)}{suggest(str(direction), DIRECTIONS)}")
+    return out
+
+
+def metric_keys(plugins) -> set[str]:
+    """Every result key the registered metrics declare (``summary_keys``), without importing lazy ones
+    that declare theirs in ``Lazy(..., keys=[...])``; empty when a metric declares none."""
+    keys: set[str] = set()
+    for reg in plugins.metrics.values():
+        declared = reg.meta("keys")
+        if declared is None:
+            try:
+                declared = getattr(reg.obj, "summary_keys", None)
+            except Exception:
+                declared = None
+        if not declared:
+            return set()
+        keys.update(declared)
+    return keys
 
 
 def apply_override(body: dict, item: str) -> None:
@@ -335,7 +455,7 @@ def _check_section(section: dict, checks: dict[str, Callable], defaults: dict, p
         try:
             out[key] = checks[key](value)
         except _Bad as bad:
-            raise ConfigError(f"{where}: key '{prefix}.{key}': expected {bad}, got {value!r}") from None
+            raise ConfigError(f"{where}: key '{prefix}.{key}': expected {bad}, got {short(value)}") from None
     return out
 
 
@@ -382,7 +502,13 @@ def resolve_entry(name: str, body: dict, where: str, source: str, plugins) -> di
                           f"{suggest(family_name, plugins.families)}; known: {', '.join(sorted(plugins.families))}")
     family_cls = plugins.families[family_name].obj
 
-    data = _section(body, "data", where)
+    data = dict(_section(body, "data", where))
+    conditional = data.pop("conditional", False)
+    if not isinstance(conditional, bool):
+        raise ConfigError(f"{where}: key 'data.conditional': expected true or false, got {short(conditional)}")
+    if conditional and not getattr(family_cls, "conditional", False):
+        raise ConfigError(f"{where}: key 'data.conditional': family '{family_name}' is not conditional; "
+                          f"conditional families: {', '.join(_conditional_families(plugins)) or 'none'}")
     ds_name = data.get("name")
     if not isinstance(ds_name, str) or ds_name not in plugins.datasets:
         raise ConfigError(f"{where}: key 'data.name': expected one of {', '.join(sorted(plugins.datasets))}, "
@@ -391,7 +517,11 @@ def resolve_entry(name: str, body: dict, where: str, source: str, plugins) -> di
     representation = data.get("representation", ds_cls.representations[0])
     if representation not in ds_cls.representations:
         raise ConfigError(f"{where}: key 'data.representation': dataset '{ds_name}' supports "
-                          f"{', '.join(ds_cls.representations)}, got {representation!r}")
+                          f"{', '.join(ds_cls.representations)}, got {short(representation)}")
+    modelled = getattr(family_cls, "representations", REPRESENTATIONS)
+    if representation not in modelled:
+        raise ConfigError(f"{where}: family '{family_name}' models {' or '.join(modelled)} data, not "
+                          f"{representation} (dataset '{ds_name}'); choose data.representation: {modelled[0]}")
     ds_params = _check_params({k: v for k, v in data.items() if k not in ("name", "representation")},
                               _init_params(ds_cls, ("self", "representation", "batch_size", "eval_batch_size",
                                                     "seed", "data_dir", "kwargs", "base_kwargs")),
@@ -417,7 +547,8 @@ def resolve_entry(name: str, body: dict, where: str, source: str, plugins) -> di
     assert representation in REPRESENTATIONS
     return {
         "entry": name, "source": source, "description": description, "family": family_name,
-        "data": {"name": ds_name, "representation": representation, **ds_params},
+        "data": {"name": ds_name, "representation": representation, **ds_params,
+                 **({"conditional": True} if conditional else {})},
         "model": model, "optim": optim, "train": train, "eval": evaluation, "tier": tier, "expected": expected,
     }
 

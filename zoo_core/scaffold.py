@@ -19,16 +19,14 @@ def class_name(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_"))
 
 
-def new_family(name: str, directory: str | Path = ".") -> Path:
+def new_family(zoo, name: str, directory: str | Path = ".") -> Path:
     """Write ``<directory>/zoo-<name>/`` and return its path."""
     if not NAME_PATTERN.match(name):
         raise ZooError(f"family name '{name}' must be lower case letters, digits and underscores, "
                        f"starting with a letter (e.g. my_flow)")
-    from zoo_core.plugins import get_plugins
-
-    if name in get_plugins().families:
+    if name in zoo.plugins.families:
         raise ZooError(f"a family named '{name}' is already registered (by plugin "
-                       f"'{get_plugins().families[name].plugin}'); choose another name")
+                       f"'{zoo.plugins.families[name].plugin}'); choose another name")
     target = Path(directory) / f"zoo-{name}"
     if target.exists():
         raise ZooError(f"{target} already exists; remove it or choose another --dir")

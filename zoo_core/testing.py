@@ -82,17 +82,15 @@ class ConformanceCase:
         return model
 
 
-def case_from_config(config: dict, plugins=None, batch: int = 256) -> ConformanceCase:
-    """A case from a resolved registry configuration (see ``zoo_core.registry``)."""
-    from zoo_core.plugins import get_plugins
+def case_from_config(zoo, config: dict, batch: int = 256) -> ConformanceCase:
+    """A case from a resolved registry configuration (``zoo.resolve(entry)``)."""
     from zoo_core.runner import build_datamodule, build_model
 
-    plugins = plugins or get_plugins()
-    datamodule = build_datamodule(config, plugins=plugins)
+    datamodule = build_datamodule(zoo, config)
     data = datamodule.eval_data("train")[:batch].clone()
     return ConformanceCase(
-        name=config["entry"], family_cls=plugins.family(config["family"]),
-        build=lambda: build_model(config, datamodule, plugins), data=data, lr=float(config["optim"]["lr"]))
+        name=config["entry"], family_cls=zoo.family(config["family"]),
+        build=lambda: build_model(zoo, config, datamodule), data=data, lr=float(config["optim"]["lr"]))
 
 
 def _seeded(fn, seed=0):

@@ -1,12 +1,25 @@
-"""The autoregressive family: MADE and PixelCNN, exact likelihoods by the chain rule."""
-from zoo_core.hookspecs import hookimpl
+"""The autoregressive family: MADE and PixelCNN, exact likelihoods by the chain rule.
 
-from .model import Autoregressive
+The model module (torch, Lightning) is imported when the family is first used, not when the zoo
+lists its plugins."""
+from zoo_core.hookspecs import hookimpl
+from zoo_core.plugins import Lazy
 
 __version__ = "0.1.0"
 __all__ = ["Autoregressive", "register_families"]
 
+FAMILY = Lazy("zoo_autoregressive.model:Autoregressive", family="autoregressive", likelihood="exact",
+              summary="MADE (Germain et al. 2015) or PixelCNN (van den Oord et al. 2016): an exact likelihood.")
+
 
 @hookimpl
 def register_families(register):
-    register(Autoregressive)
+    register(FAMILY)
+
+
+def __getattr__(name: str):
+    if name == "Autoregressive":
+        from zoo_autoregressive.model import Autoregressive
+
+        return Autoregressive
+    raise AttributeError(f"module 'zoo_autoregressive' has no attribute {name!r}")

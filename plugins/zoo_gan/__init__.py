@@ -1,12 +1,25 @@
-"""The GAN family: generator and discriminator trained as a two-player game (no likelihood)."""
-from zoo_core.hookspecs import hookimpl
+"""The GAN family: generator and discriminator trained as a two-player game (no likelihood).
 
-from .model import GAN
+The model module (torch, Lightning) is imported when the family is first used, not when the zoo
+lists its plugins."""
+from zoo_core.hookspecs import hookimpl
+from zoo_core.plugins import Lazy
 
 __version__ = "0.1.0"
 __all__ = ["GAN", "register_families"]
 
+FAMILY = Lazy("zoo_gan.model:GAN", family="gan", likelihood="none",
+              summary="Generative adversarial network (Goodfellow et al. 2014): MLP or DCGAN nets, no likelihood.")
+
 
 @hookimpl
 def register_families(register):
-    register(GAN)
+    register(FAMILY)
+
+
+def __getattr__(name: str):
+    if name == "GAN":
+        from zoo_gan.model import GAN
+
+        return GAN
+    raise AttributeError(f"module 'zoo_gan' has no attribute {name!r}")

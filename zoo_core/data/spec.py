@@ -15,8 +15,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-import torch
-
 REPRESENTATIONS = ("binarized", "dequantized", "continuous")
 
 
@@ -67,6 +65,8 @@ class DataSpec:
         representation: a floating-point tensor, finite, and within the representation's range
         (binarized: every value 0 or 1; dequantized: [0, 1]; continuous: any finite value).
         ``where`` names the data in the message, e.g. "dataset 'mnist', test split"."""
+        import torch
+
         from zoo_core.errors import DataError
 
         what = f"{where} ({self.representation} data of shape (N, {', '.join(map(str, self.event_shape))}))"
