@@ -15,6 +15,19 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # classifiers of the frechet / precision_recall metrics are trained once (file-locked), then loaded.
 os.environ.setdefault("ZOO_CACHE_DIR", str(REPO / ".pytest_cache" / "zoo"))
 
+
+def _foreign_plugins() -> list[str]:
+    """Entry points of the zoo group from other distributions: the suite tests the zoo's own plugins,
+    so a broken third-party plugin installed beside it must not fail it (tests that install a plugin
+    run it in their own environment)."""
+    import importlib.metadata as md
+
+    return sorted({ep.name for ep in md.entry_points(group="zoo")
+                   if getattr(ep, "dist", None) is None or ep.dist.metadata["Name"] != "generative-zoo"})
+
+
+os.environ["ZOO_BLOCK_PLUGINS"] = ",".join(filter(None, [os.environ.get("ZOO_BLOCK_PLUGINS", ""), *_foreign_plugins()]))
+
 # pytest-xdist runs one worker per core: one intra-op thread each, or they fight over the cores
 import torch  # noqa: E402
 
@@ -35,6 +48,10 @@ def run_zoo(*args, env=None, cwd=None, timeout=600):
                           env=env or zoo_env(), cwd=cwd, timeout=timeout)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def zoo():
-    return run_zoo
+    """The session's Zoo (installed plugins and the zoo's registry). Tests that inject plugins build
+    their own ``Zoo(extra_plugins={...})`` and pass it explicitly."""
+    from zoo_core.api import default_zoo
+
+    return default_zoo()

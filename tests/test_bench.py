@@ -37,12 +37,13 @@ def benched(tmp_path_factory):
 
 
 def _bench(root, **kw):
+    from zoo_core.api import default_zoo
     from zoo_core.bench import BenchOptions, run
 
     opts = dict(tier="quick", out=str(root / "out2"), runs_dir=str(root / "runs"),
                 registry_files=[str(root / "tiny.yaml")], only=["tiny-gmm", "tiny-gan"], accelerator="cpu")
     opts.update(kw)
-    return run(BenchOptions(**opts), log=lambda line: None)
+    return run(default_zoo(), BenchOptions(**opts), log=lambda line: None)
 
 
 def test_bench_writes_leaderboard_md_json_png(benched):
@@ -134,10 +135,10 @@ def test_failed_entry_is_a_row_and_an_error_after_the_others(benched, tmp_path, 
     root, _ = benched
     real = runner.train
 
-    def train(entry, opts):
+    def train(zoo, entry, opts):
         if entry == "tiny-gan":
             raise ZooError("the GAN fell over")
-        return real(entry, opts)
+        return real(zoo, entry, opts)
 
     monkeypatch.setattr(runner, "train", train)
     with pytest.raises(ZooError, match=r"1 of 2 entries failed \(tiny-gan: the GAN fell over\)"):
@@ -148,12 +149,12 @@ def test_failed_entry_is_a_row_and_an_error_after_the_others(benched, tmp_path, 
     assert "failed: the GAN fell over" in (tmp_path / "out" / "leaderboard.md").read_text()
 
 
-def test_tier_selection(tmp_path):
+def test_tier_selection(tmp_path, zoo):
     from zoo_core.bench import tier_entries
     from zoo_core.registry import Registry
 
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
-    registry = Registry([tmp_path / "tiny.yaml"])
+    registry = zoo.with_registry([tmp_path / "tiny.yaml"]).registry
     quick = tier_entries(registry, "quick")
     assert "gmm-moons" in quick and "tiny-gan" in quick and "gmm-mnist" not in quick and "tiny-other" not in quick
     assert "vae-mnist" in tier_entries(registry, "full") and "tiny-other" in tier_entries(registry, "full")
@@ -165,7 +166,7 @@ def test_tier_selection(tmp_path):
         tier_entries(registry, "quick", ["tiny-gn"])
     (tmp_path / "q.yaml").write_text(yaml.safe_dump({k: v for k, v in TINY.items() if v["tier"] == "quick"}, sort_keys=False))
     with pytest.raises(ConfigError, match="no registry entry has 'tier: full'"):
-        tier_entries(Registry([tmp_path / "q.yaml"], include_builtin=False), "full")
+        tier_entries(Registry([tmp_path / "q.yaml"], zoo.plugins, include_builtin=False), "full")
 
 
 @pytest.mark.parametrize("text, fragment", [
@@ -211,11 +212,11 @@ def test_cli_bench_errors_are_one_line(tmp_path, capsys, monkeypatch, args, frag
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
 
 
-def test_missing_metrics_render_as_dash():
+def test_missing_metrics_render_as_dash(zoo):
     from zoo_core.leaderboard import make_row, markdown_tables
 
     config = {"family": "gan", "data": {"name": "digits", "representation": "dequantized"}}
-    row = make_row("x", config, {"likelihood": "none", "test": {"quality_samples": 10}}, "trained")
+    row = make_row(zoo, "x", config, {"likelihood": "none", "test": {"quality_samples": 10}}, "trained")
     board = {"rows": [row], "split_note": "test", "machine_short": "cpu"}
     line = next(l for l in markdown_tables(board).splitlines() if l.startswith("| `x`"))
     cells = [c.strip() for c in line.strip("|").split("|")]

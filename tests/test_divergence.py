@@ -4,11 +4,10 @@ import types
 import pytest
 import torch
 
-import zoo_core.plugins as plugins_module
 from zoo_core.errors import TrainingDiverged
 from zoo_core.hookspecs import hookimpl
-from zoo_core.plugins import ZooPlugins
 from zoo_core.runner import RunOptions, train
+from zoo_core.zoo import Zoo
 from zoo_gmm import GMM
 
 NAN_AT_STEP = 5
@@ -25,21 +24,23 @@ class NaNAfterFiveSteps(GMM):
 
 
 @pytest.fixture
-def nan_family(monkeypatch, tmp_path):
+def nan_family(tmp_path):
+    """(a Zoo with the NaN family, a registry file with its entry)."""
     module = types.ModuleType("nan_plugin")
     module.register_families = hookimpl(lambda register: register(NaNAfterFiveSteps))
-    monkeypatch.setattr(plugins_module, "_PLUGINS", ZooPlugins(extra_plugins={"nan_plugin": module}))
+    zoo = Zoo(extra_plugins={"nan_plugin": module})
     registry = tmp_path / "registry.yaml"
     registry.write_text("nan-moons:\n  family: nan-gmm\n  data: {name: moons, n_train: 1000}\n"
                         "  model: {n_components: 4}\n  train: {max_epochs: 10, batch_size: 500}\n")
-    return registry
+    return zoo, registry
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(nan_family, tmp_path, capsys):
+    zoo, registry = nan_family
     runs = tmp_path / "runs"
-    opts = RunOptions(registry_files=[str(nan_family)], runs_dir=str(runs), accelerator="cpu", progress=False)
+    opts = RunOptions(registry_files=[str(registry)], runs_dir=str(runs), accelerator="cpu", progress=False)
     with pytest.raises(TrainingDiverged) as info:
-        train("nan-moons", opts)
+        train(zoo, "nan-moons", opts)
     message = str(info.value)
     assert f"at step {NAN_AT_STEP}" in message and "NaN" in message and "nan-gmm" in message
     last = runs / "nan-moons" / "version_0" / "checkpoints" / "last.ckpt"
@@ -52,8 +53,9 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(nan_family, tmp
 def test_cli_reports_divergence_in_one_line(nan_family, tmp_path, capsys):
     from zoo_core.cli import main
 
-    code = main(["train", "nan-moons", "--registry", str(nan_family), "--runs-dir", str(tmp_path / "r"),
-                 "--accelerator", "cpu", "--no-progress"])
+    zoo, registry = nan_family
+    code = main(["train", "nan-moons", "--registry", str(registry), "--runs-dir", str(tmp_path / "r"),
+                 "--accelerator", "cpu", "--no-progress"], zoo=zoo)
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and f"step {NAN_AT_STEP}" in err and "Traceback" not in err
 
@@ -83,20 +85,25 @@ class DivergesAtHighLearningRate(GMM):
         return loss * float("nan") if self.global_step >= NAN_AT_STEP and lr > 0.05 else loss
 
 
-def _plugin(monkeypatch, *families):
+def _plugin(*families) -> Zoo:
+    """A Zoo with ``families`` registered by one extra plugin."""
+    def register_families(register):
+        for family in families:
+            register(family)
+
     module = types.ModuleType("divergence_plugin")
-    module.register_families = hookimpl(lambda register: [register(f) for f in families])
-    monkeypatch.setattr(plugins_module, "_PLUGINS", ZooPlugins(extra_plugins={"divergence_plugin": module}))
+    module.register_families = hookimpl(register_families)
+    return Zoo(extra_plugins={"divergence_plugin": module})
 
 
-def test_nan_gradient_names_parameter_group_and_step(monkeypatch, tmp_path):
-    _plugin(monkeypatch, NaNGradientAtStepFive)
+def test_nan_gradient_names_parameter_group_and_step(tmp_path):
+    zoo = _plugin(NaNGradientAtStepFive)
     registry = tmp_path / "registry.yaml"
     registry.write_text("nangrad-moons:\n  family: nangrad-gmm\n  data: {name: moons, n_train: 1000}\n"
                         "  model: {n_components: 4}\n  train: {max_epochs: 10, batch_size: 500}\n")
     runs = tmp_path / "runs"
     with pytest.raises(TrainingDiverged) as info:
-        train("nangrad-moons", RunOptions(registry_files=[str(registry)], runs_dir=str(runs), accelerator="cpu",
+        train(zoo, "nangrad-moons", RunOptions(registry_files=[str(registry)], runs_dir=str(runs), accelerator="cpu",
                                           progress=False))
     message = str(info.value)
     assert "gradient" in message and f"step {NAN_AT_STEP}" in message
@@ -115,10 +122,10 @@ def test_nan_weights_are_named_and_never_checkpointed():
         model.check_finite(torch.tensor(float("nan")), "loss")
 
 
-def test_diverged_run_resumes_from_last_good_checkpoint_with_a_saner_learning_rate(monkeypatch, tmp_path):
+def test_diverged_run_resumes_from_last_good_checkpoint_with_a_saner_learning_rate(tmp_path):
     """--resume keeps the saved config and applies --set on top; the optimiser state restored
     from the checkpoint must not bring the old learning rate back."""
-    _plugin(monkeypatch, DivergesAtHighLearningRate)
+    zoo = _plugin(DivergesAtHighLearningRate)
     registry = tmp_path / "registry.yaml"
     registry.write_text("lr-moons:\n  family: lr-gmm\n  data: {name: moons, n_train: 1000}\n  model: {n_components: 4}\n"
                         "  optim: {lr: 0.1}\n  train: {max_epochs: 5, batch_size: 500}\n"
@@ -126,10 +133,10 @@ def test_diverged_run_resumes_from_last_good_checkpoint_with_a_saner_learning_ra
     runs = tmp_path / "runs"
     opts = dict(registry_files=[str(registry)], runs_dir=str(runs), accelerator="cpu", progress=False)
     with pytest.raises(TrainingDiverged) as info:
-        train("lr-moons", RunOptions(**opts))
+        train(zoo, "lr-moons", RunOptions(**opts))
     run_dir = runs / "lr-moons" / "version_0"
     assert f"--resume {run_dir}" in str(info.value)
-    metrics = train("lr-moons", RunOptions(**opts, resume=str(run_dir), overrides=["optim.lr=0.01"]))
+    metrics = train(zoo, "lr-moons", RunOptions(**opts, resume=str(run_dir), overrides=["optim.lr=0.01"]))
     assert metrics["steps"] == 10 and metrics["epochs"] == 5  # went on from step 4 to the end
     assert torch.isfinite(torch.tensor(metrics["test"]["nll_nats"]))
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
@@ -137,7 +144,7 @@ def test_diverged_run_resumes_from_last_good_checkpoint_with_a_saner_learning_ra
     assert checkpoint["zoo"]["config"]["optim"]["lr"] == 0.01
 
 
-def test_gan_manual_optimisation_names_the_discriminator_parameter(monkeypatch, tmp_path):
+def test_gan_manual_optimisation_names_the_discriminator_parameter(tmp_path):
     """Manual optimisation (two optimisers): the check runs before each optimiser's step."""
     from zoo_gan import GAN
 
@@ -151,13 +158,13 @@ def test_gan_manual_optimisation_names_the_discriminator_parameter(monkeypatch, 
                 d_loss = d_loss + 0.0 * torch.sqrt(0.0 * last.sum())  # value unchanged, gradient NaN
             return d_loss, value
 
-    _plugin(monkeypatch, NaNDiscriminatorGradient)
+    zoo = _plugin(NaNDiscriminatorGradient)
     registry = tmp_path / "registry.yaml"
     registry.write_text("nangan-moons:\n  family: nangrad-gan\n  data: {name: moons, n_train: 1000}\n"
                         "  model: {latent_dim: 2, g_hidden: [8], d_hidden: [8]}\n"
                         "  train: {max_epochs: 5, batch_size: 500}\n")
     with pytest.raises(TrainingDiverged) as info:
-        train("nangan-moons", RunOptions(registry_files=[str(registry)], runs_dir=str(tmp_path / "runs"),
+        train(zoo, "nangan-moons", RunOptions(registry_files=[str(registry)], runs_dir=str(tmp_path / "runs"),
                                          accelerator="cpu", progress=False))
     message = str(info.value)
     assert "gradient of 'discriminator." in message and "optimizer 0, parameter group 0" in message

@@ -37,16 +37,15 @@ def test_sample_moments_match_mixture():
 
 
 @pytest.mark.parametrize("dataset", ["moons", "8gaussians"])
-def test_fit_within_two_percent_of_sklearn(dataset):
+def test_fit_within_two_percent_of_sklearn(dataset, zoo):
     """Gradient ML fit through the real runner vs scikit-learn's EM, same number of components."""
-    from zoo_core.registry import Registry
     import pytorch_lightning as pl
 
     from zoo_core.runner import build_datamodule, build_model
 
-    config = Registry().resolve(f"gmm-{dataset}")
-    dm = build_datamodule(config)
-    model = build_model(config, dm)
+    config = zoo.resolve(f"gmm-{dataset}")
+    dm = build_datamodule(zoo, config)
+    model = build_model(zoo, config, dm)
     torch.manual_seed(0)
     trainer = pl.Trainer(max_epochs=10, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)

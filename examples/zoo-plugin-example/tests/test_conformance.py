@@ -9,14 +9,27 @@ import functools
 import pytest
 import torch
 
-from zoo_core.registry import Registry
+import zoo_independent
+from zoo_core.api import default_zoo
 from zoo_core.testing import ConformanceCase, FamilyConformance, case_from_config
+from zoo_core.zoo import Zoo
 from zoo_independent import Independent
 
 
 @functools.lru_cache(maxsize=None)
+def _zoo() -> Zoo:
+    """The installed plugins, this one included; when it is only importable (not installed), a Zoo
+    with it registered explicitly."""
+    zoo = default_zoo()
+    if "independent" in zoo.plugins.families:
+        return zoo
+    return Zoo(extra_plugins={"independent": zoo_independent})
+
+
+@functools.lru_cache(maxsize=None)
 def _cached_case(entry: str) -> ConformanceCase:
-    return case_from_config(Registry().resolve(entry))
+    zoo = _zoo()
+    return case_from_config(zoo, zoo.resolve(entry))
 
 
 class _IndependentConformance(FamilyConformance):
