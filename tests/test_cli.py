@@ -222,9 +222,7 @@ def test_bf16_mixed_precision_trains(cli, tmp_path):
     assert "precision: bf16-mixed" in config
 
 
-def test_exponent_without_dot_is_a_number():
+def test_exponent_without_dot_is_a_number(zoo):
     """PyYAML would read 1e-6 as text; the registry reads it as YAML 1.2 does."""
-    from zoo_core.registry import Registry
-
-    config = Registry().resolve("gmm-moons", ["model.reg_covar=1e-6", "optim.lr=3e-3"])
+    config = zoo.resolve("gmm-moons", ["model.reg_covar=1e-6", "optim.lr=3e-3"])
     assert config["model"]["reg_covar"] == 1e-6 and config["optim"]["lr"] == 3e-3

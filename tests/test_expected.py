@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from zoo_core.errors import ConfigError
+from zoo_core.api import default_zoo
 from zoo_core.expected import check, check_one, describe, lookup, tally
 from zoo_core.registry import Registry
 
@@ -17,7 +18,7 @@ GOOD = {"metric": "test.nll_nats", "value": 1.0, "tolerance": 0.1, "direction": 
 def _resolve(tmp_path, body, name="tiny"):
     path = tmp_path / "reg.yaml"
     path.write_text(yaml.safe_dump({name: body}))
-    return Registry([path], include_builtin=False).resolve(name)
+    return Registry([path], default_zoo().plugins, include_builtin=False).resolve(name)
 
 
 # ---- validation ----------------------------------------------------------------------------------
@@ -62,11 +63,9 @@ def test_valid_expected_is_normalised_with_defaults(tmp_path):
     assert _resolve(tmp_path, TINY)["expected"] == [] and _resolve(tmp_path, TINY)["tier"] is None
 
 
-def test_builtin_registry_expectations_and_tiers():
+def test_builtin_registry_expectations_and_tiers(zoo):
     """Every family has a quick entry, full is MNIST only, and the published MNIST figures are pinned."""
-    from zoo_core.plugins import get_plugins
-
-    registry = Registry()
+    registry = zoo.registry
     configs = {n: registry.resolve(n) for n in registry.names()}
     quick = {c["family"] for c in configs.values() if c["tier"] == "quick"}
     assert {"gmm", "vae", "autoencoder", "gan", "diffusion", "flow", "autoregressive"} <= quick
@@ -83,7 +82,7 @@ def test_builtin_registry_expectations_and_tiers():
     for name, config in configs.items():
         for e in config["expected"]:
             assert e["source"].strip(), name
-    assert set(quick) <= set(get_plugins().families)
+    assert set(quick) <= set(zoo.plugins.families)
 
 
 # ---- the logic -------------------------------------------------------------------------------------
@@ -125,12 +124,12 @@ def test_lookup_and_tally():
                   {"metric": "test.nll_nats", "value": 0.5, "source": "s"},
                   {"metric": "test.fd", "value": 1, "source": "s"},
                   {"metric": "test.nll_nats", "value": 0.8, "kind": "reference", "source": "s"}], METRICS)
-    assert tally(rows) == {"pass": 1, "fail": 1, "missing": 1, "reference": 1}
+    assert tally(rows) == {"pass": 1, "fail": 1, "missing": 1, "reference": 1, "not comparable": 0}
     assert "fail (short by 0.412)" in describe(rows[1])
 
 
 # ---- reported by train and eval ----------------------------------------------------------------------
-def test_train_and_eval_report_expectations(tmp_path, monkeypatch):
+def test_train_and_eval_report_expectations(tmp_path, monkeypatch, zoo):
     """metrics.json and eval_test.json carry an "expected" list; the CLI summary prints one line each;
     eval checks the registry's expectations as they are now (they may be added after training)."""
     from zoo_core.cli import _summary
@@ -146,7 +145,7 @@ def test_train_and_eval_report_expectations(tmp_path, monkeypatch):
     registry.write_text(yaml.safe_dump({"tiny-expect": body}))
     opts = RunOptions(registry_files=[str(registry)], runs_dir=str(tmp_path / "runs"), accelerator="cpu",
                       progress=False)
-    metrics = train("tiny-expect", opts)
+    metrics = train(zoo, "tiny-expect", opts)
     saved = json.loads((tmp_path / "runs" / "tiny-expect" / "version_0" / "metrics.json").read_text())
     assert [e["status"] for e in saved["expected"]] == ["pass", "fail", "missing", "reference"]
     nll = saved["test"]["nll_nats"]
@@ -160,7 +159,7 @@ def test_train_and_eval_report_expectations(tmp_path, monkeypatch):
     body["expected"] = [{"metric": "test.nll_nats", "value": nll, "tolerance": 1e-6, "kind": "reproduction",
                          "source": "the run above"}]
     registry.write_text(yaml.safe_dump({"tiny-expect": body}))
-    results = evaluate(str(tmp_path / "runs" / "tiny-expect" / "version_0"), opts)
+    results = evaluate(zoo, str(tmp_path / "runs" / "tiny-expect" / "version_0"), opts)
     assert [e["status"] for e in results["expected"]] == ["pass"]
     written = json.loads((tmp_path / "runs" / "tiny-expect" / "version_0" / "eval_test.json").read_text())
     assert written["expected"] == results["expected"]
