@@ -32,18 +32,29 @@ def explain(proc: subprocess.CompletedProcess) -> str:
 
 
 def venv_with(package_src: Path, root: Path) -> Path:
-    """A throwaway venv that sees the system site-packages (torch, Lightning, the zoo) with
+    """A throwaway venv that sees the packages of the interpreter running the tests (torch,
+    Lightning, pip, setuptools: the active virtualenv's when there is one, else the system's) with
     ``package_src`` pip-installed into it (no network, no build isolation). Returns its python.
 
-    ``--without-pip``: the venv then uses the system's pip and setuptools (a venv's own bundled
-    setuptools may be too old to build a wheel without the 'wheel' package, and there is no network).
+    ``python -m venv --system-site-packages`` would see the *base* interpreter's packages, not an
+    active virtualenv's, so the venv is made without them and a ``.pth`` file appends this
+    interpreter's site-packages to its ``sys.path`` (after the venv's own: a copy installed there wins).
     """
+    import site
     import sys
+    import sysconfig
 
     env_dir = root / "venv"
-    proc = run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", env_dir], cwd=root)
+    proc = run([sys.executable, "-m", "venv", "--without-pip", env_dir], cwd=root)
     assert proc.returncode == 0, explain(proc)
     python = env_dir / "bin" / "python"
+    proc = run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=root)
+    assert proc.returncode == 0, explain(proc)
+    outer = [p for p in dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"]]) if Path(p).is_dir()]
+    # 'import' lines of a .pth run at start-up: addsitedir also reads the outer .pth files (e.g. an
+    # editable install's finder, which setuptools appends to sys.meta_path after the path finder)
+    (Path(proc.stdout.strip()) / "zz_outer_site.pth").write_text(
+        "".join(f"import site; site.addsitedir({p!r})\n" for p in outer))
     proc = run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
                 "--no-cache-dir", "-q", package_src], cwd=root)
     assert proc.returncode == 0, explain(proc)

@@ -1,7 +1,7 @@
 """A regular (non-editable) install of the zoo works on its own: packages, entry points, registry.yaml.
 
 A copy of the repository's files is pip-installed (no network, no build isolation) into a
-throwaway virtual environment made with ``--system-site-packages``, which provides torch,
+throwaway virtual environment that sees the running interpreter's packages (``isolated.venv_with``): torch,
 Lightning and the other dependencies. The system site-packages also hold the developer's
 *editable* install of the zoo; the venv's own copy still wins, because
 
@@ -62,9 +62,9 @@ PROBE = """
 import json, sys, importlib.metadata as md
 import zoo_core, zoo_gmm, zoo_vae, zoo_core.data, zoo_core.metrics
 from zoo_core.registry import builtin_registry_path
-from zoo_core.plugins import ZooPlugins
+from zoo_core.zoo import Zoo
 dist = md.distribution("generative-zoo")
-plugins = ZooPlugins()
+plugins = Zoo().plugins
 print(json.dumps({
     "modules": {m.__name__: m.__file__ for m in (zoo_core, zoo_gmm, zoo_vae, zoo_core.data, zoo_core.metrics)},
     "registry": str(builtin_registry_path()),

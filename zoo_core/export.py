@@ -20,23 +20,23 @@ that differs from the manifest is a one-line :class:`CheckpointError` naming the
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-import torch
 import yaml
 
 from zoo_core import __version__
 from zoo_core.checkpoint import EXPORT_CONFIG as CONFIG
 from zoo_core.checkpoint import EXPORT_MANIFEST as MANIFEST
 from zoo_core.checkpoint import EXPORT_WEIGHTS as WEIGHTS
-from zoo_core.checkpoint import export_dir_of, family_not_installed, resolve_checkpoint
+from zoo_core.checkpoint import export_dir_of, resolve_checkpoint
 from zoo_core.checkpoint_io import write_atomic
-from zoo_core.errors import CheckpointError, ZooError
+from zoo_core.errors import ZooError
+from zoo_core.export_reader import FORMAT, FORMAT_VERSION, load_export, sha256_file
+from zoo_core.loading import load_model
 
-FORMAT = "zoo-export"
-FORMAT_VERSION = 1
+__all__ = ["CONFIG", "FORMAT", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "export_model", "load_export", "sha256_file"]
+
 
 
 def _plain(value):
@@ -46,14 +46,6 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---- writing -----------------------------------------------------------------------------------
@@ -67,9 +59,11 @@ def default_output(ckpt: Path, run_dir: Path | None) -> Path:
 
 def export_model(zoo, path: str | Path, output: str | Path | None = None, loaded=None) -> Path:
     """Export the model of a run directory, checkpoint or export to ``output``; returns the directory.
-    ``loaded`` = (model, config, source) of a model already loaded from ``path``."""
+    ``loaded`` = (model, config, source) of a model already loaded from ``path`` (loaded here when None)."""
     from safetensors.torch import save
 
+    if loaded is None:
+        loaded = load_model(path, zoo)
     plugins = zoo.plugins
     model, config, source = loaded
     if output is None:
@@ -114,107 +108,3 @@ def export_model(zoo, path: str | Path, output: str | Path | None = None, loaded
     return out
 
 
-# ---- reading -----------------------------------------------------------------------------------
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def read_manifest(export_dir: Path) -> dict:
-    path = export_dir / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not a readable export manifest ({_first_line(exc)})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a zoo export manifest (expected \"format\": \"{FORMAT}\")")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: export format version {manifest.get('format_version')!r} is not supported "
-                              f"(this zoo reads version {FORMAT_VERSION})")
-    return manifest
-
-
-def _expect_sha(path: Path, manifest: dict, section: str) -> None:
-    expected = (manifest.get(section) or {}).get("sha256")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing from the export directory")
-    actual = sha256_file(path)
-    if expected != actual:
-        raise CheckpointError(f"{path}: sha256 is {actual}, but {MANIFEST} expects {expected}; "
-                              f"the file was changed or damaged after export")
-
-
-def read_config(export_dir: Path, manifest: dict) -> dict:
-    path = export_dir / CONFIG
-    _expect_sha(path, manifest, "config")
-    try:
-        document = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise CheckpointError(f"{path}: not readable YAML ({_first_line(exc)})") from None
-    missing = [k for k in ("family", "data_spec", "model_args", "run") if not isinstance(document, dict)
-               or k not in document]
-    if missing:
-        raise CheckpointError(f"{path}: missing key(s) {', '.join(missing)} of a zoo export configuration")
-    return document
-
-
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """safetensors -> {name: tensor}; a one-line CheckpointError naming ``path`` when unreadable."""
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as exc:  # SafetensorError (a Rust exception), OSError, ValueError: all mean a bad file
-        raise CheckpointError(f"{path}: not a readable safetensors file: truncated or corrupted "
-                              f"({_first_line(exc)})") from None
-
-
-def check_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Names, shapes and dtypes of ``tensors`` must match ``model.state_dict()`` exactly."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing:
-        raise CheckpointError(f"{path}: missing tensor(s) {', '.join(missing[:5])}"
-                              f"{' ...' if len(missing) > 5 else ''} that family '{model.family}' needs")
-    if unexpected:
-        raise CheckpointError(f"{path}: unexpected tensor(s) {', '.join(unexpected[:5])}"
-                              f"{' ...' if len(unexpected) > 5 else ''} for family '{model.family}'")
-    for name, want in expected.items():
-        got = tensors[name]
-        if tuple(got.shape) != tuple(want.shape):
-            raise CheckpointError(f"{path}: tensor '{name}' has shape {tuple(got.shape)}, but family "
-                                  f"'{model.family}' built from {CONFIG} expects {tuple(want.shape)}")
-        if got.dtype != want.dtype:
-            raise CheckpointError(f"{path}: tensor '{name}' has dtype {got.dtype}, expected {want.dtype}")
-
-
-def load_export(path: str | Path, zoo):
-    """Rebuild the model of an export directory. Returns (model, run config, export directory).
-
-    Reads JSON, ``yaml.safe_load`` and safetensors only: no pickle, no code from the files."""
-    export_dir = export_dir_of(path)
-    if export_dir is None:
-        raise CheckpointError(f"{path}: not a zoo export directory (no {MANIFEST})")
-    plugins = zoo.plugins
-    manifest = read_manifest(export_dir)
-    document = read_config(export_dir, manifest)
-    weights = export_dir / WEIGHTS
-    _expect_sha(weights, manifest, "weights")
-    tensors = read_weights(weights)
-
-    family = document["family"]
-    if family not in plugins.families:
-        raise family_not_installed(family, manifest.get("plugin"), export_dir)
-    cls = plugins.family(family)
-    args = dict(document["model_args"] or {})
-    try:
-        model = cls(data=document["data_spec"], **args)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{export_dir / CONFIG}: family '{family}' rejected the exported constructor "
-                              f"arguments ({_first_line(exc)})") from None
-    check_weights(model, tensors, weights)
-    model.load_state_dict(tensors, strict=True)
-    config = document["run"]
-    model.zoo_config = config
-    return model.eval(), config, export_dir

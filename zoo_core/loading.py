@@ -8,7 +8,7 @@ from pathlib import Path
 
 from zoo_core.checkpoint import (checkpoint_config, export_dir_of, family_not_installed, read_checkpoint,
                                  rebuild_model, resolve_checkpoint)
-from zoo_core.export import load_export
+from zoo_core.export_reader import load_export
 
 
 def load_model(path: str | Path, zoo):

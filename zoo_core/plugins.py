@@ -332,15 +332,14 @@ def _hook_problems(plugin: Any) -> list[str]:
 def _suggest(name: str, candidates) -> str:
     import difflib
 
-    close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    close = difflib.get_close_matches(name, sorted(candidates), n=3, cutoff=0.5)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def _lookup(table: dict[str, Registration], name: str, kind: str) -> Registration:
     if name not in table:
-        from zoo_core.registry import suggest
-
-        raise PluginError(f"unknown {kind} '{name}'{suggest(name, table)}; known: {', '.join(sorted(table)) or 'none'}")
+        raise PluginError(f"unknown {kind} '{one_line(str(name))}'{_suggest(str(name), table)}; "
+                          f"known: {', '.join(sorted(table)) or 'none'}")
     return table[name]
 
 
