@@ -41,9 +41,12 @@ from pathlib import Path  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 
+from zoo_core.api import default_zoo  # noqa: E402
 from zoo_core.model import OPTIMIZERS  # noqa: E402
-from zoo_core.registry import Registry  # noqa: E402
-from zoo_core.runner import RunOptions, _quiet_lightning, build_datamodule, build_model, build_trainer  # noqa: E402
+from zoo_core.runner import RunOptions, build_datamodule, build_model, build_trainer, quiet_lightning  # noqa: E402
+
+#: the installed plugins and the zoo's registry (and $ZOO_REGISTRY), as ``zoo train`` sees them
+ZOO = default_zoo()
 
 #: beyond any benchmark's number of epochs: no validation (and so no checkpoint) in the window
 NO_VALIDATION = 1_000_000
@@ -53,7 +56,7 @@ SUPPORTED_PRECISIONS = ("32-true", "bf16-mixed")
 def quiet() -> None:
     """One thread, no Lightning chatter."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    _quiet_lightning()
+    quiet_lightning()
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*(monitor|ModelCheckpoint|num_workers|GPU available|TPU|"
@@ -66,14 +69,14 @@ def resolve(entry: str, steps: int, precision: str = "32-true", overrides: tuple
         raise SystemExit(f"--precision: the benchmarks support {', '.join(SUPPORTED_PRECISIONS)}, got {precision}")
     items = [*overrides, f"train.max_steps={steps}", f"train.max_epochs={NO_VALIDATION - 1}",
              f"train.check_val_every_n_epoch={NO_VALIDATION}", f"train.precision={precision}"]
-    return Registry().resolve(entry, items)
+    return ZOO.resolve(entry, items)
 
 
 def build(config: dict, data_dir: str | None = None):
     """(datamodule, model), seeded as the runner seeds them."""
     pl.seed_everything(config["train"]["seed"], workers=True, verbose=False)
-    datamodule = build_datamodule(config, data_dir)
-    model = build_model(config, datamodule)
+    datamodule = build_datamodule(ZOO, config, data_dir)
+    model = build_model(ZOO, config, datamodule)
     return datamodule, model
 
 

@@ -58,13 +58,13 @@ def draw(model, sampler: str, steps: int | None, n: int, device) -> tuple[torch.
 
 def trained_model(entry: str, args, device):
     if args.checkpoint:
-        from zoo_core.checkpoint import load_model
+        from zoo_core.loading import load_model
         from zoo_core.runner import build_datamodule
 
-        model, config, _ = load_model(args.checkpoint)
+        model, config, _ = load_model(args.checkpoint, _common.ZOO)
         if config["entry"] != entry:
             raise SystemExit(f"--checkpoint is a run of '{config['entry']}', not '{entry}'")
-        return model.to(device).eval(), build_datamodule(config, args.data_dir), "checkpoint " + args.checkpoint
+        return model.to(device).eval(), build_datamodule(_common.ZOO, config, args.data_dir), "checkpoint " + args.checkpoint
     steps = args.train_steps or DEFAULT_TRAIN_STEPS.get(entry, 1000)
     config = _common.resolve(entry, steps)
     datamodule, model = _common.build(config, args.data_dir)
