@@ -2,15 +2,17 @@
 import pytest
 import torch
 
-from zoo_core.plugins import get_plugins
-from zoo_core.registry import Registry
+from zoo_core.api import default_zoo
 from zoo_core.testing import CHECKS, DEVICE_ENV, case_from_config, conformance_device
 
 FILE_FREE = {"moons", "8gaussians", "checkerboard", "rings", "spirals", "digits"}
 
 
+ZOO = default_zoo()
+
+
 def _entries():
-    registry = Registry()
+    registry = ZOO.registry
     return [n for n in registry.names() if (registry.raw(n).body.get("data") or {}).get("name") in FILE_FREE]
 
 
@@ -20,13 +22,13 @@ _CASES = {}
 
 def _case(entry):
     if entry not in _CASES:
-        _CASES[entry] = case_from_config(Registry().resolve(entry))
+        _CASES[entry] = case_from_config(ZOO, ZOO.resolve(entry))
     return _CASES[entry]
 
 
 def test_every_family_has_a_file_free_entry():
-    covered = {Registry().raw(n).body["family"] for n in ENTRIES}
-    assert covered == set(get_plugins().families)
+    covered = {ZOO.registry.raw(n).body["family"] for n in ENTRIES}
+    assert covered == set(ZOO.plugins.families)
 
 
 @pytest.mark.parametrize("check", sorted(CHECKS))
@@ -38,10 +40,10 @@ def test_conformance(entry, check):
 def test_checks_run_on_the_device_named_by_zoo_test_device(monkeypatch):
     """ZOO_TEST_DEVICE picks the device of the case's data and models (cpu when unset)."""
     monkeypatch.delenv(DEVICE_ENV, raising=False)
-    case = case_from_config(Registry().resolve("gmm-moons"), batch=64)
+    case = case_from_config(ZOO, ZOO.resolve("gmm-moons"), batch=64)
     assert case.device == torch.device("cpu") and case.data.device == torch.device("cpu")
     monkeypatch.setenv(DEVICE_ENV, "cpu")
-    case = case_from_config(Registry().resolve("gmm-moons"), batch=64)
+    case = case_from_config(ZOO, ZOO.resolve("gmm-moons"), batch=64)
     assert case.device == torch.device("cpu")
     assert all(p.device == case.device for p in case.model().parameters())
 

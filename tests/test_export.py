@@ -11,10 +11,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from zoo_core import cli
-from zoo_core.checkpoint import load_model
+from zoo_core.api import default_zoo
 from zoo_core.errors import CheckpointError
 from zoo_core.export import CONFIG, MANIFEST, WEIGHTS, export_model, load_export, sha256_file
+from zoo_core.loading import load_model
 from zoo_core.runner import RunOptions, train
+from zoo_core.zoo import Zoo
+
+ZOO = default_zoo()
 
 SMALL_TOY = ["data.n_train=600", "data.n_val=200", "data.n_test=200"]
 # Tiny, few-step runs. No evaluation metrics: only the checkpoint matters here.
@@ -38,7 +42,7 @@ def runs(tmp_path_factory):
         opts = RunOptions(runs_dir=str(root), progress=False, accelerator="cpu", max_steps=3,
                           overrides=[*overrides, "train.batch_size=64", "train.limit_train_batches=3",
                                      "eval.metrics=[]", "eval.num_samples=4"])
-        out[entry] = train(entry, opts)["run_dir"]
+        out[entry] = train(ZOO, entry, opts)["run_dir"]
     return out
 
 
@@ -61,15 +65,15 @@ def _seeded(fn, seed=7):
 
 @pytest.mark.parametrize("entry", list(ENTRIES))
 def test_export_rebuilds_the_exact_model(runs, tmp_path, entry):
-    reference, config, _ = load_model(runs[entry])
-    out = export_model(runs[entry], tmp_path / "export")
+    reference, config, _ = load_model(runs[entry], ZOO)
+    out = export_model(ZOO, runs[entry], tmp_path / "export")
     assert sorted(p.name for p in out.iterdir()) == sorted([WEIGHTS, CONFIG, MANIFEST])
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["family"] == reference.family and manifest["entry"] == entry
     assert manifest["weights"]["sha256"] == sha256_file(out / WEIGHTS)
     assert manifest["plugin"]["plugin"] == reference.family and manifest["zoo_version"]
 
-    model, exported_config, _ = load_export(out)
+    model, exported_config, _ = load_export(out, ZOO)
     assert type(model) is type(reference) and exported_config == config
     assert model.data_spec == reference.data_spec
     # every buffer, including non-persistent ones rebuilt by the constructor, and every parameter
@@ -86,7 +90,7 @@ def test_export_rebuilds_the_exact_model(runs, tmp_path, entry):
 
 
 def test_export_loading_never_unpickles(runs, tmp_path, monkeypatch):
-    out = export_model(runs["flow-moons"], tmp_path / "export")
+    out = export_model(ZOO, runs["flow-moons"], tmp_path / "export", loaded=load_model(runs["flow-moons"], ZOO))
 
     def refuse(*args, **kwargs):
         raise AssertionError("an export must load without pickle or torch.load")
@@ -95,7 +99,7 @@ def test_export_loading_never_unpickles(runs, tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(pickle, "Unpickler", refuse)
-    model, _, _ = load_model(out)  # the checkpoint module dispatches to the export reader
+    model, _, _ = load_model(out, ZOO)  # load_model dispatches to the export reader
     assert model.family == "flow"
 
 
@@ -132,7 +136,7 @@ def test_cli_export_then_sample_and_eval(runs, tmp_path, capsys):
 # ---- damaged exports -------------------------------------------------------------------------------
 @pytest.fixture
 def exported(runs, tmp_path):
-    return export_model(runs["flow-moons"], tmp_path / "export")
+    return export_model(ZOO, runs["flow-moons"], tmp_path / "export")
 
 
 def _resign(export_dir):
@@ -144,7 +148,7 @@ def _resign(export_dir):
 
 def _error(export_dir) -> str:
     with pytest.raises(CheckpointError) as info:
-        load_model(export_dir)
+        load_model(export_dir, ZOO)
     message = str(info.value)
     assert "\n" not in message
     return message
@@ -197,10 +201,9 @@ def test_missing_weights_file_and_bad_manifest(exported):
 
 
 def test_unknown_family_names_the_plugin(exported):
-    from zoo_core.plugins import ZooPlugins
-
-    plugins = ZooPlugins()
-    del plugins.families["flow"]
-    with pytest.raises(CheckpointError, match=r"family 'flow' is not installed; it was provided by plugin 'flow' "
-                                              r"\(distribution generative-zoo"):
-        load_export(exported, plugins)
+    zoo = Zoo()  # a fresh catalogue, without the flow family
+    del zoo.plugins.families["flow"]
+    for load in (load_export, load_model):
+        with pytest.raises(CheckpointError, match=r"family 'flow' is not installed; it was provided by plugin "
+                                                  r"'flow' \(distribution generative-zoo"):
+            load(exported, zoo)
