@@ -69,7 +69,29 @@ def make_row(zoo, entry: str, config: dict, metrics: dict | None, how: str, erro
         "run_dir": run_dir, "samples_png": str(samples) if samples and samples.is_file() else None,
         "how": how, "error": error, "bench_seconds": bench_seconds,
         "expected": expected, "expected_tally": tally(expected),
+        "other_metrics": _other_metrics(zoo, config, r or {}),
     }
+
+
+#: metrics whose keys have their own leaderboard columns
+SHOWN_METRICS = ("nll", "sample_quality", "frechet", "precision_recall", "reconstruction")
+
+
+def _other_metrics(zoo, config: dict, results: dict) -> dict[str, float]:
+    """The summary keys that other metrics (a plugin's, say) declare, with this run's values: each
+    metric lists its keys as ``summary_keys`` (or ``Lazy(..., keys=[...])``); the first one of each
+    metric is shown."""
+    out = {}
+    for name in (config.get("eval") or {}).get("metrics") or []:
+        reg = zoo.plugins.metrics.get(name)
+        if name in SHOWN_METRICS or reg is None:
+            continue
+        keys = reg.meta("keys") or getattr(reg.obj, "summary_keys", None) or []
+        for key in keys[:1]:
+            value = results.get(key)
+            if isinstance(value, (int, float)):
+                out[key] = float(value)
+    return out
 
 
 # ---- formatting -----------------------------------------------------------------------------------
@@ -154,17 +176,21 @@ def _cell(text: Any) -> str:
 
 def markdown_tables(board: dict) -> str:
     """The main table, then every expectation side by side with its source."""
+    extra = any(r.get("other_metrics") for r in board["rows"])
     head = ("| entry | family | data | likelihood | NLL (nats) | bits/dim | bound | sample quality (data floor) "
-            "| precision / recall | NLL gap (nats) | train time | epochs | expected |")
+            "| precision / recall | NLL gap (nats) | train time | epochs | expected |"
+            + (" other metrics |" if extra else ""))
     lines = [head, "|" + " --- |" * head.count(" | ") + " --- |"]
     for r in board["rows"]:
+        others = ([", ".join(f"{k} {fmt(v)}" for k, v in (r.get("other_metrics") or {}).items()) or DASH]
+                  if extra else [])
         data = r["data"] + ("" if r["representation"] == "continuous" else f", {r['representation']}")
         nll = _nll_cell(r) if not r["error"] else f"failed: {r['error']}"
         lines.append("| " + " | ".join(_cell(c) for c in (
             f"`{r['entry']}`", r["family"], data, r["likelihood"] or DASH, nll, fmt(r["bits_per_dim"], 4),
             short_bound(r["bound"]) if r["nll_nats"] is not None else DASH, _quality_cell(r), _pr_cell(r),
             fmt(r["nll_gap_nats"]), fmt_time(r["train_time_s"]), r["epochs"] if r["epochs"] is not None else DASH,
-            _expected_cell(r))) + " |")
+            _expected_cell(r), *others)) + " |")
     out = ["\n".join(lines)]
     notes = [f"NLLs are {board['split_note']}; \u2264 marks an upper bound (bound families). Sample quality: FD = "
              "Fréchet distance (in a classifier's feature space for images, in data space for 2-D data), SW1 = "
@@ -178,7 +204,8 @@ def markdown_tables(board: dict) -> str:
         for r, e in expectations:
             epochs = f"{r['epochs']} epoch{'' if r['epochs'] == 1 else 's'}, " if r["epochs"] is not None else ""
             ours_compute = f"{epochs}{fmt_time(r['train_time_s'])} on {board['machine_short']}"
-            status = {"pass": "pass", "fail": "**fail**", "missing": "missing", "reference": "reference"}[e["status"]]
+            status = {"pass": "pass", "fail": "**fail**", "missing": "missing", "reference": "reference"}.get(
+                e["status"], e["status"])
             lines.append("| " + " | ".join(_cell(c) for c in (
                 f"`{r['entry']}`", e["metric"], fmt(e["measured"]), _bound_text(e), e["kind"], status,
                 fmt_like(e["shortfall"], e["expected"]) if e["shortfall"] else ("0" if e["shortfall"] == 0 else DASH),

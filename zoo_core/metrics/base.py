@@ -22,6 +22,9 @@ class Metric(abc.ABC):
     name: str = ""
     #: one line for ``zoo eval --help``: what the metric measures
     summary: str = ""
+    #: the result keys ``compute`` writes, headline first: ``expected:`` entries are checked against
+    #: them (``zoo list``), and the leaderboard shows the first of a plugin's metric
+    summary_keys: tuple[str, ...] = ()
 
     def __init__(self, **settings: Any):
         self.settings = settings
