@@ -98,7 +98,7 @@ class GMM(GenerativeModel):
         is initialised by k-means per class on its first labelled training batch instead."""
         if self.is_conditional:
             return
-        self._init_from_assignment(x, self._kmeans(x.reshape(len(x), -1)))
+        self._init_from_assignment(x, self._kmeans(x.reshape(len(x), -1)), em_start=self.fit == "em")
 
     def _kmeans(self, flat: Tensor) -> Tensor:
         """(N, D) -> (N,) cluster index in [0, n_components) (fewer clusters when N is smaller)."""
@@ -108,7 +108,7 @@ class GMM(GenerativeModel):
         km = KMeans(n_clusters=k, n_init=1, random_state=self.init_seed).fit(flat.double().cpu().numpy())
         return torch.as_tensor(km.labels_, dtype=torch.long, device=flat.device)
 
-    def init_labelled(self, x: Tensor, labels: Tensor) -> None:
+    def init_labelled(self, x: Tensor, labels: Tensor, em_start: bool | None = None) -> None:
         """k-means within each class: x (N, *event_shape), labels (N,). A class absent from ``x``
         is initialised from all of ``x``. Under DDP every rank then takes rank 0's parameters."""
         flat = x.reshape(len(x), -1)
@@ -118,20 +118,20 @@ class GMM(GenerativeModel):
             members = flat[labels == c] if bool((labels == c).any()) else flat
             comp = torch.cat([comp, self._kmeans(members) + c * self.n_components])
             rows.append(members)
-        self._init_from_assignment(torch.cat(rows), comp)
+        self._init_from_assignment(torch.cat(rows), comp, em_start=self.fit == "em" if em_start is None else em_start)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             for p in self.parameters():
                 dist.broadcast(p.data, src=0)
         self._labelled_init_done.fill_(True)
 
     @torch.no_grad()
-    def _init_from_assignment(self, x: Tensor, comp: Tensor) -> None:
-        """Parameters from a hard assignment comp (N,) of x (N, D): for EM the M-step of the one-hot
-        responsibilities (as scikit-learn); for gradient fits the clusters' mean and unbiased
-        covariance + 1e-3 I."""
+    def _init_from_assignment(self, x: Tensor, comp: Tensor, em_start: bool) -> None:
+        """Parameters from a hard assignment comp (N,) of x (N, D): with ``em_start`` the M-step of
+        the one-hot responsibilities (as scikit-learn); otherwise (gradient fits) the clusters' mean
+        and unbiased covariance + 1e-3 I."""
         xs = x.reshape(len(x), -1).double()
         k = self.layout.components
-        if self.fit == "em":
+        if em_start:
             resp = torch.nn.functional.one_hot(comp, k).double()  # (N, K)
             stats = self.layout.zeros(xs.device)
             em.accumulate(stats, self.layout, xs, resp, torch.zeros(len(xs), dtype=torch.float64))
@@ -268,9 +268,9 @@ class GMM(GenerativeModel):
             raise ValueError("gmm: fit_em of a conditional mixture needs the labels (context=)")
         if init:
             if context is None:
-                self.init_from_data(x)
+                self._init_from_assignment(x, self._kmeans(x.reshape(len(x), -1)), em_start=True)
             else:
-                self.init_labelled(x, context)
+                self.init_labelled(x, context, em_start=True)
         if context is not None:
             self.class_prior.set_counts(torch.bincount(context.long(), minlength=self.n_classes))
         history: list[float] = []
