@@ -29,3 +29,6 @@ def register_metrics(register):
     register("frechet", FrechetDistance)
     register("precision_recall", PrecisionRecall)
     register("reconstruction", Reconstruction)
+    from zoo_core.metrics.conditional import ConditionalSampleAccuracy, GenerativeClassifierAccuracy
+    register("generative_classifier", GenerativeClassifierAccuracy)
+    register("conditional_samples", ConditionalSampleAccuracy)
