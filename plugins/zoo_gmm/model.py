@@ -11,10 +11,13 @@ Learning* (2006), ch. 9.
 ``fit``: ``"em"`` runs expectation-maximisation (Dempster, Laird & Rubin 1977; ``zoo_gmm.em``)
 inside the shared Lightning runner: one training epoch is one EM iteration. Each training batch
 adds its sufficient statistics (N_k, sum r x, sum r x x^T) to a buffer, the M-step runs after the
-epoch's last batch (statistics summed over DDP ranks first), and training stops when the mean
+epoch's last batch (statistics summed over DDP ranks first; before validation and checkpoints, so
+they see the updated mixture; a checkpoint mid-epoch carries the partial sums), and training stops when the mean
 training log-likelihood changes by less than ``tol`` (scikit-learn's criterion; ``max_epochs`` is
 its ``max_iter``). The initial parameters are the M-step of the k-means hard assignment, as in
-scikit-learn. Lightning still steps a no-op optimiser once per batch (see
+scikit-learn. On dequantised or binarised data every epoch draws fresh noise, so each iteration is
+a stochastic EM step and the change rarely falls below a small ``tol``: bound ``max_epochs``
+instead. Lightning still steps a no-op optimiser once per batch (see
 ``configure_optimizers``) so that ``global_step`` counts batches. ``"gradient"`` minimises the
 NLL with the registry's optimiser.
 
