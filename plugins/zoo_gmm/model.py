@@ -82,7 +82,8 @@ class GMM(GenerativeModel):
         if fit == "em":
             self.automatic_optimization = False
             self.register_buffer("_em_stats", self.layout.zeros())                        # this epoch's sums
-            self.register_buffer("_em_last_loglik", torch.tensor(float("nan"), dtype=torch.float64))
+            # mean log-likelihood of the previous iteration; -inf before the first (NaN would not equal itself)
+            self.register_buffer("_em_last_loglik", torch.tensor(float("-inf"), dtype=torch.float64))
 
     # ---- parameters -----------------------------------------------------------------------------
     def scale_tril(self) -> Tensor:
@@ -336,5 +337,5 @@ class GMM(GenerativeModel):
         last = float(self._em_last_loglik)
         self._em_last_loglik.fill_(loglik)
         self.log("train/em_loglik", loglik, on_step=False, on_epoch=True, batch_size=1)
-        if not math.isnan(last) and abs(loglik - last) < self.tol:
+        if math.isfinite(last) and abs(loglik - last) < self.tol:
             self.trainer.should_stop = True
