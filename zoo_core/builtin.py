@@ -29,6 +29,11 @@ METRICS = {
     "precision_recall": ("zoo_core.metrics.precision_recall:PrecisionRecall",
                          [f"{k}{s}" for k in ("precision", "recall", "density", "coverage")
                           for s in ("", "_data_floor")] + ["pr_k", "pr_num_samples", "pr_space"]),
+    "generative_classifier": ("zoo_core.metrics.conditional:GenerativeClassifierAccuracy",
+                              ["generative_classifier_accuracy", "generative_classifier_examples"]),
+    "conditional_samples": ("zoo_core.metrics.conditional:ConditionalSampleAccuracy",
+                            ["cond_sample_accuracy", "cond_sample_structureless", "cond_samples_per_class",
+                             "cond_fd_class_mean", "cond_sample_classifier"]),
     "reconstruction": ("zoo_core.metrics.reconstruction:Reconstruction",
                        ["reconstruction_bce_nats", "reconstruction_bce_nats_stderr", "reconstruction_mse"]),
 }

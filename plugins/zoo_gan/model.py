@@ -70,6 +70,13 @@ every training step the floating-point buffers are averaged over ranks (BatchNor
 all ranks' batches; u and v are already identical, being functions of identical weights);
 every rank ends with identical weights *and* buffers.
 
+Class-conditional GAN (``data.conditional: true``; Miyato & Koyama 2018, "cGANs with Projection
+Discriminator"): G(z, y) takes a class embedding next to z and D is the projection discriminator
+l(x, y) = psi(phi(x)) + v_y^T phi(x) (see ``nets``). Every step uses the real batch's labels for
+the generated samples too, so D compares p_data(x | y) with p_g(x | y) under the data's p(y);
+``sample(n, context=y)`` draws from G(., y), and without a context y is drawn from the training
+class frequencies. ``loss`` of a conditional GAN needs the labels.
+
 Data representations: for ``continuous`` (2-D toys) G's output is unconstrained; for images it
 goes through a sigmoid to [0, 1]. ``dequantized`` images are modelled directly (G outputs grey
 levels); for ``binarized`` images G outputs pixel probabilities, D compares them with the binary
@@ -85,6 +92,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from zoo_core.class_prior import ClassPrior
+from zoo_core.errors import ContextError
 from zoo_core.model import OPTIMIZERS, GenerativeModel, as_sample_shape
 
 from .nets import ConvDiscriminator, ConvGenerator, MLPDiscriminator, MLPGenerator
@@ -158,6 +167,7 @@ class GAN(GenerativeModel):
 
     family = "gan"
     likelihood = "none"
+    conditional = True
     no_likelihood_alternatives = (
         "sample-quality metrics (Fréchet distance, precision/recall) and, for 2-D data, a kernel or "
         "sliced-Wasserstein distance to held-out data")
@@ -205,26 +215,44 @@ class GAN(GenerativeModel):
         self.d_steps, self.d_lr, self.gp_weight = d_steps, d_lr, gp_weight
         self.use_spectral_norm = (objective == "hinge") if spectral_norm is None else spectral_norm
         event = tuple(self.event_shape)
+        classes = int(self.num_classes) if self.is_conditional else 0
         if arch == "conv":
-            self.generator = ConvGenerator(latent_dim, width, event)
-            self.discriminator = ConvDiscriminator(width, event, spectral=self.use_spectral_norm)
+            self.generator = ConvGenerator(latent_dim, width, event, num_classes=classes)
+            self.discriminator = ConvDiscriminator(width, event, spectral=self.use_spectral_norm, num_classes=classes)
         else:
-            self.generator = MLPGenerator(latent_dim, g_hidden, event)
-            self.discriminator = MLPDiscriminator(d_hidden, event, spectral=self.use_spectral_norm)
+            self.generator = MLPGenerator(latent_dim, g_hidden, event, num_classes=classes)
+            self.discriminator = MLPDiscriminator(d_hidden, event, spectral=self.use_spectral_norm, num_classes=classes)
+        if classes:
+            self.class_prior = ClassPrior(classes)
         # Discriminator steps taken so far (a buffer: saved in checkpoints, so a resumed run keeps
         # its place in the k-to-1 schedule).
         self.register_buffer("d_step_count", torch.tensor(0, dtype=torch.long))
 
     # ---- building blocks ------------------------------------------------------------------------
-    def generate(self, z: Tensor) -> Tensor:
-        """z (N, L) -> G(z) (N, *event_shape) in the data representation (probabilities for
-        binarized images, grey levels in [0, 1] for dequantized ones, raw values for 2-D data)."""
-        a = self.generator(z)
+    def generate(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """z (N, L) [, labels y (N,) for a conditional GAN] -> G(z, y) (N, *event_shape) in the data
+        representation (probabilities for binarized images, grey levels in [0, 1] for dequantized
+        ones, raw values for 2-D data)."""
+        a = self.generator(z, self._labels(y, len(z))) if self.is_conditional else self.generator(z)
         return torch.sigmoid(a) if self.data_spec.is_image else a
 
-    def discriminate(self, x: Tensor) -> Tensor:
-        """Logits l(x) (N,) for x (N, *event_shape); images are mapped to [-1, 1] first."""
-        return self.discriminator(2 * x - 1 if self.data_spec.is_image else x)
+    def discriminate(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Logits l(x [, y]) (N,) for x (N, *event_shape); images are mapped to [-1, 1] first."""
+        x = 2 * x - 1 if self.data_spec.is_image else x
+        if not self.is_conditional:
+            return self.discriminator(x)
+        return self.discriminator(x, self._labels(y, len(x), "discriminate"))
+
+    def _labels(self, y: Tensor | None, n: int, what: str = "") -> Tensor | None:
+        """The labels a conditional net needs: ``y`` (n,), or for the generator y ~ p(y) when None."""
+        if not self.is_conditional:
+            return None
+        if y is None:
+            if what:
+                raise ContextError(f"family 'gan': the projection discriminator of a conditional GAN needs class "
+                                   f"labels (context=) for its {n} inputs")
+            return self.class_prior.sample(torch.Size([n])).to(self.device)
+        return y.reshape(n).to(self.device)
 
     def noise(self, n: int) -> Tensor:
         """z ~ N(0, I): (n, L). In distributed training every rank takes its own slice of one draw
@@ -236,19 +264,25 @@ class GAN(GenerativeModel):
         z = torch.randn(world * n, self.latent_dim, device=self.device, dtype=self.dtype)  # (world*n, L)
         return z[rank * n:(rank + 1) * n]
 
-    def _logits(self, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
-        """One discriminator pass over data and samples together: logits (N_real,), (N_fake,)."""
-        logits = self.discriminate(torch.cat([real, fake]))  # (N_real + N_fake,)
+    def _logits(self, real: Tensor, fake: Tensor, y: Tensor | None = None,
+                y_fake: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One discriminator pass over data and samples together: logits (N_real,), (N_fake,);
+        labels y (N_real,) and y_fake (N_fake,) for a conditional GAN."""
+        labels = None if y is None else torch.cat([y, y if y_fake is None else y_fake])
+        logits = self.discriminate(torch.cat([real, fake]), labels)  # (N_real + N_fake,)
         return logits[: len(real)], logits[len(real):]
 
-    def discriminator_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
-        """(the scalar D descends, the game value) for data real (N, *event), samples fake (M, *event)."""
-        real_logits, fake_logits = self._logits(real, fake)
+    def discriminator_loss(self, real: Tensor, fake: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(the scalar D descends, the game value) for data real (N, *event), samples fake (N, *event),
+        both of labels y (N,) for a conditional GAN."""
+        real_logits, fake_logits = self._logits(real, fake, y)
         value = VALUES[self.objective](real_logits, fake_logits)
         d_loss = -value
         if self.objective == "wgan-gp" and self.gp_weight > 0:
             m = min(len(real), len(fake))
-            d_loss = d_loss + self.gp_weight * gradient_penalty(self.discriminate, real[:m], fake[:m])
+            critic = (self.discriminate if y is None else
+                      (lambda x_hat: self.discriminate(x_hat, y[:m])))
+            d_loss = d_loss + self.gp_weight * gradient_penalty(critic, real[:m], fake[:m])
         return d_loss, value
 
     def _flat_batch(self, x: Tensor) -> Tensor:
@@ -261,25 +295,29 @@ class GAN(GenerativeModel):
         objectives, the negated hinge loss of D for ``hinge``, mean l(x) - mean l(G(z)) for
         ``wgan-gp``; z is drawn afresh, one per example. x: (*batch, *event_shape) -> scalar."""
         x = self._flat_batch(x)  # (N, *event)
-        fake = self.generate(self.noise(len(x)))  # (N, *event)
-        real_logits, fake_logits = self._logits(x, fake)
+        y = self._labels(context, len(x), "loss")  # (N,) or None
+        fake = self.generate(self.noise(len(x)), y)  # (N, *event)
+        real_logits, fake_logits = self._logits(x, fake, y)
         return VALUES[self.objective](real_logits, fake_logits)
 
     def _log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         raise self.no_likelihood()
 
     def _sample(self, sample_shape: torch.Size, context: Tensor | None = None) -> Tensor:
-        """x = G(z), z ~ N(0, I); Bernoulli draws from G's probabilities for binarized images."""
+        """x = G(z [, y]), z ~ N(0, I), y the context or y ~ p(y); Bernoulli draws from G's
+        probabilities for binarized images."""
         shape = as_sample_shape(sample_shape)
         n = shape.numel()
-        x = self.generate(self.noise(n))  # (n, *event)
+        x = self.generate(self.noise(n), None if context is None else context.reshape(n))  # (n, *event)
         if self.data_spec.is_binary:
             x = torch.bernoulli(x)
         return x.reshape(*shape, *self.event_shape)
 
     def sample_for_display(self, n: int) -> Tensor:
-        """G(z) itself: pixel probabilities for binarized images (not Bernoulli draws)."""
-        return self.generate(self.noise(n))
+        """G(z [, y]) itself: pixel probabilities for binarized images (not Bernoulli draws); for a
+        conditional GAN the labels cycle through the classes (y_i = i mod C)."""
+        y = torch.arange(n, device=self.device) % self.num_classes if self.is_conditional else None
+        return self.generate(self.noise(n), y)
 
     # ---- Lightning: two optimisers, manual optimisation ------------------------------------------
     def configure_optimizers(self):
@@ -298,13 +336,17 @@ class GAN(GenerativeModel):
 
     def training_step(self, batch: Tensor, batch_idx: int) -> None:
         opt_d, opt_g = self.optimizers()
-        x = self._flat_batch(batch)  # (N, *event)
+        x, y = self.split_batch(batch)
+        x = self._flat_batch(x)  # (N, *event)
         n = len(x)
+        if self.is_conditional:
+            y = self._labels(y, n, "training_step")  # (N,) the batch's labels, also for its samples
+            self.class_prior.observe(y)
 
         # discriminator step: ascend the game value on this batch and fresh samples
         with torch.no_grad():
-            fake = self.generate(self.noise(n))  # (N, *event), no graph to G
-        d_loss, value = self.discriminator_loss(x, fake)
+            fake = self.generate(self.noise(n), y)  # (N, *event), no graph to G
+        d_loss, value = self.discriminator_loss(x, fake, y)
         self.check_finite(d_loss, "discriminator loss")
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss + self._zero_touch(self.generator))
@@ -315,7 +357,7 @@ class GAN(GenerativeModel):
 
         # generator step after every d_steps-th discriminator step
         if int(self.d_step_count) % self.d_steps == 0:
-            fake_logits = self.discriminate(self.generate(self.noise(n)))  # (N,)
+            fake_logits = self.discriminate(self.generate(self.noise(n), y), y)  # (N,)
             g_loss = generator_loss(self.objective, fake_logits)
             self.check_finite(g_loss, "generator loss")
             opt_g.zero_grad(set_to_none=True)
@@ -323,6 +365,10 @@ class GAN(GenerativeModel):
             opt_g.step()
             self.log("train/g_loss", g_loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
         self._sync_buffers()
+
+    def on_train_epoch_end(self) -> None:
+        if self.is_conditional:
+            self.class_prior.commit()
 
     @staticmethod
     def _zero_touch(module: torch.nn.Module) -> Tensor:

@@ -34,6 +34,9 @@ class NLL(Metric):
         space = {"binarized": "binarised pixels", "dequantized": f"{spec.num_levels}-level pixels "
                  "(uniform dequantisation bound)", "continuous": "differential density"}[spec.representation]
         text = f"NLL from {model.likelihood_description()}, in nats/example and bits/dim of {space}"
+        if getattr(model, "is_conditional", False):
+            text = (f"conditional NLL -log p(x | y) given the split's labels y (the marginal -log p(x) on a split "
+                    f"without labels), from {model.likelihood_description()}, in nats/example and bits/dim of {space}")
         entropy = _true_entropy(model)
         if entropy is not None:
             text += (f"; nll_gap_nats = NLL - H(p) with the true entropy H(p) = {entropy:.6f} nats of "
