@@ -73,6 +73,10 @@ _DP_A = [
 _DP_E = [71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40]
 
 
+class ODESettingsError(ConfigError, ValueError):
+    """A solver or likelihood setting is invalid (a ValueError too, like other model-setting errors)."""
+
+
 class SolverError(ZooError):
     """The adaptive solver could not reach the end time within its step budget."""
 
@@ -90,11 +94,11 @@ class Solver:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ConfigError(f"ODE solver: method must be one of {list(METHODS)}, got {self.method!r}")
+            raise ODESettingsError(f"ODE solver: method must be one of {list(METHODS)}, got {self.method!r}")
         if int(self.steps) < 1 or int(self.max_steps) < 1:
-            raise ConfigError(f"ODE solver: steps and max_steps must be positive, got {self.steps}, {self.max_steps}")
+            raise ODESettingsError(f"ODE solver: steps and max_steps must be positive, got {self.steps}, {self.max_steps}")
         if not (self.rtol > 0 and self.atol > 0):
-            raise ConfigError(f"ODE solver: rtol and atol must be positive, got {self.rtol}, {self.atol}")
+            raise ODESettingsError(f"ODE solver: rtol and atol must be positive, got {self.rtol}, {self.atol}")
 
     def describe(self) -> str:
         if self.method == "dopri5":
@@ -197,7 +201,7 @@ def probes(shape: tuple[int, ...], k: int, noise: str, like: Tensor, generator: 
         return (2 * bits - 1).to(like.dtype)
     if noise == "gaussian":
         return torch.randn((k, *shape), generator=generator, device=like.device, dtype=like.dtype)
-    raise ConfigError(f"Hutchinson probes: noise must be one of {list(PROBE_NOISES)}, got {noise!r}")
+    raise ODESettingsError(f"Hutchinson probes: noise must be one of {list(PROBE_NOISES)}, got {noise!r}")
 
 
 def exact_trace(v: Tensor, x: Tensor) -> Tensor:
@@ -243,10 +247,10 @@ def log_density_change(func: Func, x: Tensor, t_data: float, t_base: float, solv
     docstring); log p_{t_data}(x) = log p_{t_base}(z) + integral. Runs with gradients enabled (also
     under ``torch.no_grad``/inference mode); the results are detached."""
     if trace not in TRACES:
-        raise ConfigError(f"ODE likelihood: trace must be one of {list(TRACES)}, got {trace!r}")
+        raise ODESettingsError(f"ODE likelihood: trace must be one of {list(TRACES)}, got {trace!r}")
     k = 1 if trace == "exact" else int(num_probes)
     if k < 1:
-        raise ConfigError(f"ODE likelihood: the number of Hutchinson probes must be >= 1, got {num_probes}")
+        raise ODESettingsError(f"ODE likelihood: the number of Hutchinson probes must be >= 1, got {num_probes}")
     n, event = len(x), tuple(x.shape[1:])
     d = math.prod(event)
     with torch.inference_mode(False), torch.enable_grad():
@@ -287,3 +291,62 @@ class LogDensityEstimate:
 
     value: Tensor
     variance: Tensor
+
+
+# ---- likelihood settings shared by the ODE families ----------------------------------------------
+#: ``trace: auto`` uses the exact trace up to this many dimensions, Hutchinson's estimator above
+AUTO_EXACT_MAX_DIMS = 2
+#: registry ``eval`` keys that override the model's likelihood settings (see ``LikelihoodSettings.updated``)
+EVAL_KEYS = {"ode_trace": "trace", "ode_probes": "probes", "ode_probe_noise": "noise", "ode_method": "method",
+             "ode_rtol": "rtol", "ode_atol": "atol", "ode_steps": "steps"}
+
+
+@dataclass(frozen=True)
+class LikelihoodSettings:
+    """How an ODE model computes log p: ``trace`` (auto, exact or hutchinson), the number of probes
+    and their noise, and the solver."""
+
+    trace: str = "auto"
+    probes: int = 2
+    noise: str = "rademacher"
+    solver: Solver = Solver()
+
+    def __post_init__(self) -> None:
+        if self.trace not in ("auto", *TRACES):
+            raise ODESettingsError(f"ODE likelihood: trace must be one of {['auto', *TRACES]}, got {self.trace!r}")
+        if int(self.probes) < 1:
+            raise ODESettingsError(f"ODE likelihood: the number of Hutchinson probes must be >= 1, got {self.probes}")
+        if self.noise not in PROBE_NOISES:
+            raise ODESettingsError(f"ODE likelihood: probe noise must be one of {list(PROBE_NOISES)}, got {self.noise!r}")
+
+    @classmethod
+    def build(cls, trace: str = "auto", probes: int = 2, noise: str = "rademacher", method: str = "dopri5",
+              rtol: float = 1e-5, atol: float = 1e-5, steps: int = 100) -> "LikelihoodSettings":
+        return cls(str(trace), int(probes), str(noise), Solver(str(method), int(steps), float(rtol), float(atol)))
+
+    def as_dict(self) -> dict:
+        s = self.solver
+        return {"trace": self.trace, "probes": self.probes, "noise": self.noise, "method": s.method,
+                "rtol": s.rtol, "atol": s.atol, "steps": s.steps}
+
+    def updated(self, eval_config: dict) -> "LikelihoodSettings":
+        """These settings with the ``ode_*`` keys of a registry ``eval`` section applied (absent or null: kept)."""
+        changes = {name: eval_config[key] for key, name in EVAL_KEYS.items() if eval_config.get(key) is not None}
+        return LikelihoodSettings.build(**{**self.as_dict(), **changes}) if changes else self
+
+    def trace_for(self, dims: int) -> str:
+        if self.trace != "auto":
+            return self.trace
+        return "exact" if dims <= AUTO_EXACT_MAX_DIMS else "hutchinson"
+
+    def describe(self, dims: int) -> str:
+        if self.trace_for(dims) == "exact":
+            how = f"exact trace ({dims} backward passes per step)"
+        else:
+            how = (f"Hutchinson estimate, {self.probes} {self.noise} probes (unbiased for log p up to the "
+                   f"solver's error; one draw per example)")
+        return f"{how}; {self.solver.describe()}"
+
+    def log_density_change(self, func: Func, x: Tensor, t_data: float, t_base: float) -> LogDensityChange:
+        dims = math.prod(x.shape[1:])
+        return log_density_change(func, x, t_data, t_base, self.solver, self.trace_for(dims), self.probes, self.noise)
