@@ -89,6 +89,44 @@ eta = 1 and all T steps. DDIM's last step returns x0_theta itself (images: round
 level). ``log_prob`` is always the bound of the ancestral model; DDIM with eta != 1 or S < T
 samples a different generative process built on the same network.
 
+Probability-flow ODE likelihood (``ode_log_prob``), after Y. Song, J. Sohl-Dickstein, D. P. Kingma,
+A. Kumar, S. Ermon and B. Poole, "Score-Based Generative Modeling through Stochastic Differential
+Equations", ICLR 2021 (arXiv:2011.13456), section 4.3 and appendix D. With continuous time
+s = t/T in [0, 1], the discrete chain is the variance-preserving SDE (Song et al. eq. 11)
+
+    dx = -1/2 beta(s) x ds + sqrt(beta(s)) dw,    x_s | x_0 ~ N(sqrt(abar(s)) x_0, (1 - abar(s)) I),
+    abar(s) = exp(-int_0^s beta(u) du),
+
+observed at s = t/T, when abar(t/T) = alphabar_t. The discrete schedule fixes log abar at those
+T + 1 points; between them log abar(s) is their cubic spline interpolant (not-a-knot ends), and
+
+    beta(s) = -d log abar(s)/ds,
+
+continuous and piecewise quadratic, so the ODE is smooth enough for an adaptive solver (a
+piecewise-constant beta, -T log(1 - beta_t) on each step, has T jumps that each force the solver
+into tiny steps). For the linear schedule log alphabar_t is nearly quadratic in t and beta(s) is
+nearly Song et al.'s linear beta(s) = T beta_1 + s T (beta_T - beta_1). The noise network gives the score,
+grad log q_s(x) ~ -eps_theta(x, sT) / sqrt(1 - abar(s)) (the network takes the fractional
+timestep sT), and the probability-flow ODE (Song et al. eq. 13), which shares the SDE's marginals,
+
+    dx/ds = -1/2 beta(s) [x - eps_theta(x, sT) / sqrt(1 - abar(s))],
+
+is a continuous normalizing flow from N(0, I) at s = 1 to s = s_min (``ode_t_min``, by default
+1/T, the first trained timestep; eps_theta is never evaluated below it). Its exact log-density,
+by the instantaneous change of variables (Chen et al. 2018; ``zoo_core.ode``),
+
+    log p_{s_min}(x) = log N(x(1); 0, I) + int_{s_min}^1 tr(d drift/dx) ds,
+    tr(d drift/dx) = -1/2 beta(s) [D - tr(d eps_theta/dx) / sqrt(1 - abar(s))],
+
+is the density of a different model than the ancestral chain (the one whose samples are x(s_min)
+of the ODE), evaluated at the data point, with the exact trace (``ode_trace: auto`` up to 2
+dimensions) or Hutchinson's unbiased estimate with ``ode_probes`` probes; x0_theta is not
+clipped in the ODE. Images: the ODE density p_Y over R^D is dequantised onto the levels: the
+level k's cell is v_k +- 1/(L-1), x = (k + u)/L in [0, 1) maps to y = v_k + (2u - 1)/(L-1), and
+log p(x) = log p_Y(y) + D log(2L/(L-1)), a density on [0, 1)^D of mass <= 1, so the runner's
+discrete NLL (adding -D log L) is an upper bound on -log P(k) of that model. The ``ode_nll`` metric
+reports it next to the bound (``ode_nll_nats``, ``ode_bits_per_dim``, ``ode_nll_stderr``).
+
 EMA: with ``ema_decay`` a shadow copy of the network tracks an exponential moving average of
 the trained weights (decay min(ema_decay, (1 + n)/(10 + n)) after n updates), as Ho et al. do.
 The EMA network *is* the model: ``log_prob`` and ``sample`` use it; ``loss`` trains the raw one.
@@ -104,6 +142,7 @@ from torch import Tensor, nn
 
 from zoo_core.errors import ConfigError
 from zoo_core.model import GenerativeModel, as_sample_shape, gaussian_log_prob
+from zoo_core.ode import LikelihoodSettings, LogDensityEstimate, standard_normal_log_prob
 
 from .nets import TimeMLP, UNet
 
@@ -128,6 +167,23 @@ def make_betas(schedule: str, timesteps: int) -> Tensor:
     else:
         raise ValueError(f"diffusion: schedule must be one of {SCHEDULES}, got {schedule!r}")
     return betas.clamp(1e-8, 0.999)
+
+
+def log_alpha_bar_spline(alphas_bar: Tensor) -> Tensor:
+    """The cubic spline (not-a-knot) through log alphabar_t at s = t/T, t = 0..T: (T+1,) -> (T, 4)
+    float64 coefficients per interval, log abar(s) = c0 h^3 + c1 h^2 + c2 h + c3 with h = s - t/T.
+    One step (T = 1) is a straight line."""
+    from scipy.interpolate import CubicSpline
+
+    T = len(alphas_bar) - 1
+    s = torch.arange(T + 1, dtype=torch.float64) / T
+    log_ab = torch.log(alphas_bar.double())
+    if T < 3:  # too few points for a not-a-knot cubic: the piecewise-linear interpolant
+        slope = (log_ab[1:] - log_ab[:-1]) * T
+        zeros = torch.zeros(T, dtype=torch.float64)
+        return torch.stack([zeros, zeros, slope, log_ab[:-1]], -1)
+    spline = CubicSpline(s.numpy(), log_ab.numpy(), bc_type="not-a-knot")
+    return torch.as_tensor(spline.c.T.copy(), dtype=torch.float64)  # (T, 4)
 
 
 def log_normal_cdf_diff(a: Tensor, b: Tensor) -> Tensor:
@@ -158,6 +214,10 @@ class DDPM(GenerativeModel):
         val_bound_timesteps: the same for ``val/nll`` during training.
         eval_chunk: rows (example x timestep pairs) per network call in ``log_prob``.
         ema_decay: EMA decay of the weights used by ``log_prob``/``sample`` (None or 0: no EMA).
+        ode_trace, ode_probes, ode_probe_noise, ode_method, ode_rtol, ode_atol, ode_steps: how
+            ``ode_log_prob`` integrates the probability-flow ODE (see ``zoo_core.ode``; the registry's
+            ``eval.ode_*`` keys override them at evaluation); ode_t_min: its data end s_min in (0, 1)
+            (None: 1/T).
     """
 
     family = "diffusion"
@@ -184,6 +244,14 @@ class DDPM(GenerativeModel):
         val_bound_timesteps: int | None = 8,
         eval_chunk: int = 2048,
         ema_decay: float | None = 0.999,
+        ode_trace: str = "auto",
+        ode_probes: int = 2,
+        ode_probe_noise: str = "rademacher",
+        ode_method: str = "dopri5",
+        ode_rtol: float = 1e-5,
+        ode_atol: float = 1e-5,
+        ode_steps: int = 100,
+        ode_t_min: float | None = None,
     ):
         # plain Python types: save_hyperparameters (in the base class) captures these locals
         network, schedule, variance, sampler = str(network), str(schedule), str(variance), str(sampler)
@@ -195,6 +263,9 @@ class DDPM(GenerativeModel):
         bound_timesteps = None if bound_timesteps is None else int(bound_timesteps)
         val_bound_timesteps = None if val_bound_timesteps is None else int(val_bound_timesteps)
         ema_decay = None if ema_decay is None else float(ema_decay)
+        ode_trace, ode_probes, ode_probe_noise, ode_method = str(ode_trace), int(ode_probes), str(ode_probe_noise), str(ode_method)
+        ode_rtol, ode_atol, ode_steps = float(ode_rtol), float(ode_atol), int(ode_steps)
+        ode_t_min = None if ode_t_min is None else float(ode_t_min)
         super().__init__(data, optim)
         spec = self.data_spec
         if spec.representation == "binarized":
@@ -216,6 +287,11 @@ class DDPM(GenerativeModel):
             raise ValueError("diffusion: ddim_eta must be in [0, 1] and dropout in [0, 1)")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"diffusion: ema_decay must be in [0, 1) or null, got {ema_decay}")
+        if ode_t_min is not None and not 0.0 < ode_t_min < 1.0:
+            raise ValueError(f"diffusion: ode_t_min must lie in (0, 1) or be null, got {ode_t_min}")
+        self.ode = LikelihoodSettings.build(ode_trace, ode_probes, ode_probe_noise, ode_method, ode_rtol, ode_atol,
+                                            ode_steps)
+        self.ode_t_min = 1.0 / timesteps if ode_t_min is None else ode_t_min
         if network == "unet" and not spec.is_image:
             raise ValueError(f"diffusion: network 'unet' needs images, got data of shape {spec.event_shape}")
 
@@ -261,6 +337,7 @@ class DDPM(GenerativeModel):
         }
         for name, value in buffers.items():
             self.register_buffer(name, value, persistent=False)
+        self.register_buffer("log_ab_spline", log_alpha_bar_spline(alphas_bar), persistent=False)  # (T, 4)
 
     # ---- spaces -----------------------------------------------------------------------------------
     def to_model_space(self, x: Tensor) -> Tensor:
@@ -444,10 +521,62 @@ class DDPM(GenerativeModel):
         return f"ELBO (Ho et al. 2020), {how}, one draw of x_t per term; {decoder}"
 
     def configure_evaluation(self, eval_config: dict) -> None:
+        """Applies ``eval.ode_*`` (see ``zoo_core.ode.EVAL_KEYS``) to ``ode_log_prob`` where present."""
         if eval_config.get("iw_samples") is not None:
             raise ConfigError("diffusion: eval.iw_samples has no meaning for the diffusion ELBO (it is not an "
                               "importance-weighted bound); the number of timesteps in the bound is the model "
                               "setting bound_timesteps (null = all T)")
+        self.ode = self.ode.updated(eval_config)
+
+    # ---- the probability-flow ODE (see the module docstring) ---------------------------------------------
+    def vp_schedule(self, s: Tensor) -> tuple[Tensor, Tensor]:
+        """beta(s) and abar(s) of the continuous VP process at times s (N,) in [0, 1], both (N,) float64:
+        log abar is the cubic spline through log alphabar_t at s = t/T, beta = -d log abar/ds."""
+        T = self.timesteps
+        u = s.double().clamp(0.0, 1.0) * T  # (N,) fractional timestep
+        i = torch.floor(u).long().clamp(0, T - 1)  # (N,) the interval i/T <= s <= (i+1)/T
+        c = self.log_ab_spline[i]  # (N, 4) coefficients in powers of (s - i/T)
+        h = (u - i) / T  # (N,)
+        log_ab = ((c[:, 0] * h + c[:, 1]) * h + c[:, 2]) * h + c[:, 3]
+        beta = -((3 * c[:, 0] * h + 2 * c[:, 1]) * h + c[:, 2])
+        return beta, torch.exp(log_ab)
+
+    def probability_flow(self, s: Tensor, x: Tensor) -> Tensor:
+        """dx/ds = -1/2 beta(s) [x - eps_theta(x, sT) / sqrt(1 - abar(s))]: s (N,), x (N, *event) -> (N, *event)."""
+        beta, ab = self.vp_schedule(s)
+        eps = self.eps(self.denoiser, x, s.to(x.dtype) * self.timesteps)
+        beta, inv_sd = self._bcast(beta, x), self._bcast(torch.rsqrt(1 - ab), x)
+        return -0.5 * beta * (x - eps * inv_sd)
+
+    @staticmethod
+    def _bcast(v: Tensor, like: Tensor) -> Tensor:
+        return v.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+    def ode_space(self, x: Tensor) -> tuple[Tensor, float]:
+        """Data (N, *event) -> the ODE's space and log|dy/dx|: continuous data as is; pixels
+        x = (k + u)/L -> y = v_k + (2u - 1)/(L - 1), log|dy/dx| = D log(2L/(L-1))."""
+        x = x.to(self.dtype)
+        if not self.is_image:
+            return x, 0.0
+        L = self.num_levels
+        k = torch.floor(x * L).clamp(0, L - 1)
+        u = x * L - k
+        return 2 * k / (L - 1) - 1 + (2 * u - 1) / (L - 1), self.data_spec.dims * math.log(2 * L / (L - 1))
+
+    def ode_log_prob(self, x: Tensor, context: Tensor | None = None) -> LogDensityEstimate:
+        """x (*batch, *event) -> log p(x) of the probability-flow ODE model (*batch,) and the variance of
+        its estimate (*batch,): 0 for the exact trace, the probes' spread / K for Hutchinson's."""
+        batch = self.validate_sample(x)
+        y, log_det = self.ode_space(x.reshape(-1, *self.event_shape))  # (N, *event)
+        out = self.ode.log_density_change(self.probability_flow, y, self.ode_t_min, 1.0)
+        value = standard_normal_log_prob(out.z) + out.integral + log_det  # (N,)
+        return LogDensityEstimate(value.to(self.dtype).reshape(batch), out.variance.reshape(batch))
+
+    def ode_likelihood_description(self) -> str:
+        dims = self.data_spec.dims
+        kind = "exact" if self.ode.trace_for(dims) == "exact" else "unbiased estimate of the exact"
+        return (f"{kind} log-likelihood of the probability-flow ODE (Song et al. 2021) from s=1 to "
+                f"s_min={self.ode_t_min:g}: {self.ode.describe(dims)}")
 
     # ---- sampling ---------------------------------------------------------------------------------------
     def sampling_timesteps(self, steps: int | None) -> list[int]:
