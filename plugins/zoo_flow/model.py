@@ -70,9 +70,11 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 class Flow(GenerativeModel):
-    """A normalizing flow: RealNVP (Dinh et al. 2017) with ActNorm (Kingma & Dhariwal 2018) by
-    default; spline transforms (Durkan et al. 2019), autoregressive layers (Papamakarios et al.
-    2017) or the multiscale Glow architecture (Kingma & Dhariwal 2018) by option.
+    """Normalizing flows: RealNVP, neural spline flows, MAF / NSF-AR and multiscale Glow.
+
+    RealNVP (Dinh et al. 2017) with ActNorm (Kingma & Dhariwal 2018) by default; spline
+    transforms (Durkan et al. 2019), autoregressive layers (Papamakarios et al. 2017) or the
+    multiscale Glow architecture (Kingma & Dhariwal 2018) by option.
 
     Args:
         data, optim: see :class:`GenerativeModel`.
