@@ -1,4 +1,4 @@
-"""The normalizing-flow family: RealNVP affine couplings with ActNorm (exact likelihood).
+"""The normalizing-flow family (exact likelihood): RealNVP, neural spline flows, MAF and Glow.
 
 The model module (torch, Lightning) is imported when the family is first used, not when the zoo
 lists its plugins."""
@@ -6,10 +6,10 @@ from zoo_core.hookspecs import hookimpl
 from zoo_core.plugins import Lazy
 
 __version__ = "0.1.0"
-__all__ = ["RealNVP", "register_families"]
+__all__ = ["Flow", "RealNVP", "register_families"]
 
-FAMILY = Lazy("zoo_flow.model:RealNVP", family="flow", likelihood="exact",
-              summary="RealNVP normalizing flow (Dinh et al. 2017) with ActNorm (Kingma & Dhariwal 2018).")
+FAMILY = Lazy("zoo_flow.model:Flow", family="flow", likelihood="exact",
+              summary="Normalizing flows: RealNVP/MAF couplings, neural spline flows, Glow (exact likelihood).")
 
 
 @hookimpl
@@ -18,8 +18,8 @@ def register_families(register):
 
 
 def __getattr__(name: str):
-    if name == "RealNVP":
-        from zoo_flow.model import RealNVP
+    if name in ("Flow", "RealNVP"):
+        from zoo_flow import model
 
-        return RealNVP
+        return getattr(model, name)
     raise AttributeError(f"module 'zoo_flow' has no attribute {name!r}")

@@ -1,18 +1,33 @@
-"""RealNVP: a normalizing flow of affine coupling layers with an exact likelihood.
+"""Normalizing flows with an exact likelihood: RealNVP, neural spline flows, MAF and Glow.
 
 References
 ----------
 - L. Dinh, J. Sohl-Dickstein and S. Bengio, "Density estimation using Real NVP", ICLR 2017
   (arXiv:1605.08803).
 - D. P. Kingma and P. Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions",
-  NeurIPS 2018 (arXiv:1807.03039), for ActNorm.
+  NeurIPS 2018 (arXiv:1807.03039), for ActNorm and the multiscale steps of flow.
+- G. Papamakarios, T. Pavlakou and I. Murray, "Masked Autoregressive Flow for Density
+  Estimation", NeurIPS 2017, for the autoregressive layers.
+- C. Durkan, A. Bekasov, I. Murray and G. Papamakarios, "Neural Spline Flows", NeurIPS 2019
+  (arXiv:1906.04032), for the rational-quadratic spline transforms.
+
+Two options choose the variant: ``transform`` (``affine`` or ``spline``, the elementwise map of
+each layer, see ``elementwise``) and ``architecture``:
+
+- ``coupling`` (default): ActNorm + coupling steps on the flattened vector, MLP conditioners
+  (with ``transform: affine`` this is RealNVP, the family's original model);
+- ``autoregressive``: ActNorm + MADE-conditioned autoregressive steps (MAF with ``affine``,
+  NSF-AR with ``spline``), the order reversed in every second step;
+- ``multiscale``: for images (C, H, W), the RealNVP/Glow multiscale architecture (``glow``):
+  squeeze, steps of ActNorm -> invertible 1x1 convolution -> coupling with a convolutional
+  network, half the channels factored out after each level.
 
 An invertible map f = f_K o ... o f_1 takes data x to z = f(x) with a standard normal base
 p(z) = N(0, I); by the change of variables
 
     log p(x) = log N(f(x); 0, I) + sum_k log |det df_k/dh_{k-1}|,
 
-exactly. Each step is ActNorm (a per-dimension affine map initialised from data, so that the
+exactly. In the ``coupling`` architecture each step is ActNorm (a per-dimension affine map initialised from data, so that the
 likelihood is the same in train and eval mode: no batch statistics) followed by an affine
 coupling layer (see ``nets.AffineCoupling``): half of the dimensions pass unchanged and
 condition an MLP that scales and shifts the other half; the log-determinant is the sum of the
@@ -44,31 +59,47 @@ from torch import Tensor, nn
 from zoo_core.model import GenerativeModel, as_sample_shape
 from zoo_core.nn import ACTIVATIONS
 
-from .nets import MASKS, ActNorm, AffineCoupling, coupling_masks
+from .elementwise import TRANSFORMS, make_elementwise
+from .glow import MultiscaleFlow
+from .made import MaskedAutoregressive, autoregressive_degrees
+from .nets import MASKS, ActNorm, AffineCoupling, Coupling, coupling_masks
+
+ARCHITECTURES = ("coupling", "autoregressive", "multiscale")
 
 LOG_2PI = math.log(2 * math.pi)
 
 
-class RealNVP(GenerativeModel):
-    """RealNVP normalizing flow (Dinh et al. 2017) with ActNorm (Kingma & Dhariwal 2018).
+class Flow(GenerativeModel):
+    """Normalizing flows: RealNVP, neural spline flows, MAF / NSF-AR and multiscale Glow.
+
+    RealNVP (Dinh et al. 2017) with ActNorm (Kingma & Dhariwal 2018) by default; spline
+    transforms (Durkan et al. 2019), autoregressive layers (Papamakarios et al. 2017) or the
+    multiscale Glow architecture (Kingma & Dhariwal 2018) by option.
 
     Args:
         data, optim: see :class:`GenerativeModel`.
-        n_couplings: number of ActNorm + affine-coupling steps K (even, so every dimension is
-            transformed equally often).
-        hidden: widths of each coupling MLP's hidden layers.
-        activation: one of ``relu``, ``tanh``, ``elu``, ``silu``, ``gelu``.
-        mask: ``checkerboard``, ``half`` or ``random`` (see ``nets.coupling_masks``).
-        max_log_scale: c, the soft bound on each coupling's log-scale.
+        transform: ``affine`` or ``spline`` (rational-quadratic, ``n_bins`` bins on
+            [-tail_bound, tail_bound], identity tails).
+        architecture: ``coupling``, ``autoregressive`` or ``multiscale`` (images only).
+        n_couplings: number of steps K (coupling: even, so every dimension is transformed equally
+            often; multiscale: steps per level).
+        hidden: widths of each conditioner's hidden layers (multiscale: channels of the conv net's
+            hidden layers).
+        activation: one of ``relu``, ``tanh``, ``elu``, ``silu``, ``gelu`` (MLP conditioners).
+        mask: ``checkerboard``, ``half`` or ``random`` (see ``nets.coupling_masks``; coupling only).
+        max_log_scale: c, the soft bound on each affine log-scale.
         logit_alpha: alpha of the logit transform for dequantized images (RealNVP uses 0.05 on
             natural images; on MNIST 1e-3 trained far better than 0.05 in a short comparison).
         mask_seed: seed of the ``random`` masks.
         display_temperature: T of the base distribution z ~ N(0, T^2 I) for *pictures only*
             (``sample_for_display``; Glow shows T < 1). ``sample`` always uses T = 1.
+        n_bins, tail_bound: the spline's K and B.
+        n_levels: the number of scales of the multiscale architecture.
     """
 
     family = "flow"
     likelihood = "exact"
+    representations = ("dequantized", "continuous")
 
     def __init__(
         self,
@@ -82,12 +113,17 @@ class RealNVP(GenerativeModel):
         logit_alpha: float = 1e-3,
         mask_seed: int = 0,
         display_temperature: float = 1.0,
+        transform: str = "affine",
+        architecture: str = "coupling",
+        n_bins: int = 8,
+        tail_bound: float = 3.0,
+        n_levels: int = 2,
     ):
         # plain Python types: save_hyperparameters captures these locals (weights_only checkpoints)
-        n_couplings, mask_seed = int(n_couplings), int(mask_seed)
+        n_couplings, mask_seed, n_bins, n_levels = int(n_couplings), int(mask_seed), int(n_bins), int(n_levels)
         hidden = [int(h) for h in hidden]
-        activation, mask = str(activation), str(mask)
-        max_log_scale, logit_alpha = float(max_log_scale), float(logit_alpha)
+        activation, mask, transform, architecture = str(activation), str(mask), str(transform), str(architecture)
+        max_log_scale, logit_alpha, tail_bound = float(max_log_scale), float(logit_alpha), float(tail_bound)
         display_temperature = float(display_temperature)
         super().__init__(data, optim)
         if self.data_spec.representation == "binarized":
@@ -98,21 +134,45 @@ class RealNVP(GenerativeModel):
             raise ValueError(f"flow: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if mask not in MASKS:
             raise ValueError(f"flow: mask must be one of {list(MASKS)}, got {mask!r}")
-        if n_couplings < 2 or n_couplings % 2:
-            raise ValueError(f"flow: n_couplings must be even and >= 2, got {n_couplings}")
+        if transform not in TRANSFORMS:
+            raise ValueError(f"flow: transform must be one of {list(TRANSFORMS)}, got {transform!r}")
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"flow: architecture must be one of {list(ARCHITECTURES)}, got {architecture!r}")
+        if n_couplings < 1 or (architecture == "coupling" and (n_couplings < 2 or n_couplings % 2)):
+            raise ValueError(f"flow: n_couplings must be even and >= 2 for couplings (>= 1 otherwise), "
+                             f"got {n_couplings}")
         if not hidden or min(hidden) < 1 or max_log_scale <= 0 or display_temperature <= 0:
             raise ValueError("flow: hidden widths, max_log_scale and display_temperature must be positive")
+        if n_bins < 2 or tail_bound <= 0:
+            raise ValueError(f"flow: n_bins must be >= 2 and tail_bound positive, got {n_bins}, {tail_bound}")
         if not 0 < logit_alpha < 0.5:
             raise ValueError(f"flow: logit_alpha must lie in (0, 0.5), got {logit_alpha}")
         self.dims = self.data_spec.dims
         if self.dims < 2:
             raise ValueError("flow: coupling layers need data of at least 2 dimensions")
+        if architecture == "multiscale" and len(self.event_shape) != 3:
+            raise ValueError(f"flow: the multiscale architecture needs images (C, H, W), got event shape "
+                             f"{tuple(self.event_shape)}; use architecture: coupling or autoregressive")
+        if architecture == "multiscale" and n_levels < 1:
+            raise ValueError(f"flow: n_levels must be >= 1, got {n_levels}")
+        self.architecture = architecture
         self.logit_alpha = logit_alpha
         self.display_temperature = display_temperature
         self.use_logit = self.data_spec.representation == "dequantized"
-        masks = coupling_masks(self.event_shape, n_couplings, mask, mask_seed)
+        elementwise = make_elementwise(transform, max_log_scale, n_bins, tail_bound)
+        if architecture == "multiscale":
+            self.multiscale = MultiscaleFlow(self.event_shape, n_levels, n_couplings, hidden, elementwise)
+            return
         self.actnorms = nn.ModuleList([ActNorm(self.dims) for _ in range(n_couplings)])
-        self.couplings = nn.ModuleList([AffineCoupling(m, hidden, activation, max_log_scale) for m in masks])
+        if architecture == "autoregressive":
+            self.couplings = nn.ModuleList([MaskedAutoregressive(deg, hidden, activation, elementwise)
+                                            for deg in autoregressive_degrees(self.dims, n_couplings)])
+            return
+        masks = coupling_masks(self.event_shape, n_couplings, mask, mask_seed)
+        if transform == "affine":  # RealNVP's layer (its parameter names kept for saved checkpoints)
+            self.couplings = nn.ModuleList([AffineCoupling(m, hidden, activation, max_log_scale) for m in masks])
+        else:
+            self.couplings = nn.ModuleList([Coupling(m, hidden, activation, elementwise) for m in masks])
 
     # ---- the logit pre-processing of dequantized pixels --------------------------------------------
     def _to_logit(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -142,18 +202,25 @@ class RealNVP(GenerativeModel):
         if self.use_logit:
             h, ld = self._to_logit(h)
             log_det = log_det + ld
-        for actnorm, coupling in zip(self.actnorms, self.couplings):
-            h, ld1 = actnorm(h)
-            h, ld2 = coupling(h)
-            log_det = log_det + ld1 + ld2
+        if self.architecture == "multiscale":
+            h, ld = self.multiscale(h.reshape(-1, *self.event_shape))
+            log_det = log_det + ld
+        else:
+            for actnorm, coupling in zip(self.actnorms, self.couplings):
+                h, ld1 = actnorm(h)
+                h, ld2 = coupling(h)
+                log_det = log_det + ld1 + ld2
         return h.reshape(*batch, *self.event_shape), log_det.reshape(batch)
 
     def inverse(self, z: Tensor) -> Tensor:
         """z (*batch, *event_shape) -> x (*batch, *event_shape), the exact inverse of ``forward``."""
         batch = self.validate_sample(z)
         h = z.reshape(-1, self.dims).to(self.dtype)                                    # (N, D)
-        for actnorm, coupling in zip(reversed(self.actnorms), reversed(self.couplings)):
-            h = actnorm.inverse(coupling.inverse(h))
+        if self.architecture == "multiscale":
+            h = self.multiscale.inverse(h).reshape(-1, self.dims)
+        else:
+            for actnorm, coupling in zip(reversed(self.actnorms), reversed(self.couplings)):
+                h = actnorm.inverse(coupling.inverse(h))
         if self.use_logit:
             h = self._from_logit(h)
         return h.reshape(*batch, *self.event_shape)
@@ -165,6 +232,9 @@ class RealNVP(GenerativeModel):
         h = x.reshape(-1, self.dims).to(self.device, self.dtype)                   # (N, D)
         if self.use_logit:
             h, _ = self._to_logit(h)
+        if self.architecture == "multiscale":
+            self.multiscale.initialise(h.reshape(-1, *self.event_shape))
+            return
         for actnorm, coupling in zip(self.actnorms, self.couplings):
             actnorm.initialise(h)
             h, _ = coupling(actnorm(h)[0])
@@ -200,3 +270,7 @@ class RealNVP(GenerativeModel):
 
     def likelihood_description(self) -> str:
         return "exact log-likelihood (change of variables)"
+
+
+#: The family's original name: ``Flow`` with its defaults is RealNVP.
+RealNVP = Flow

@@ -116,3 +116,40 @@ class AffineCoupling(nn.Module):
         x = y.clone()
         x[:, self.trans_idx] = (yb - t) * torch.exp(-s)
         return x
+
+
+class Coupling(nn.Module):
+    """A coupling layer with an elementwise ``transform`` (affine or rational-quadratic spline;
+    Dinh et al. 2017, Durkan et al. 2019) on a flat vector. With a = x[mask], b = x[~mask]:
+
+        y_a = a,    y_b = tau(b; theta(a)),    log|det| = sum_i log|dtau/db_i|,
+
+    where theta(a) (N, Db, P) comes from an MLP whose last layer starts at zero (the identity).
+    """
+
+    def __init__(self, mask: Tensor, hidden: Sequence[int], activation: str, transform):
+        super().__init__()
+        self.register_buffer("cond_idx", torch.nonzero(mask).flatten())        # (Da,)
+        self.register_buffer("trans_idx", torch.nonzero(~mask).flatten())      # (Db,)
+        da, db = len(self.cond_idx), len(self.trans_idx)
+        self.transform = transform
+        self.net = mlp([da, *hidden, db * transform.n_params], activation)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def params(self, a: Tensor) -> Tensor:
+        """a (N, Da) -> (N, Db, P), in a's dtype even under autocast."""
+        return self.net(a).to(a.dtype).reshape(len(a), len(self.trans_idx), self.transform.n_params)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = x[:, self.cond_idx], x[:, self.trans_idx]                       # (N, Da), (N, Db)
+        yb, log_det = self.transform(b, self.params(a))
+        y = x.clone()
+        y[:, self.trans_idx] = yb
+        return y, log_det.sum(-1)                                              # (N, D), (N,)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        a, yb = y[:, self.cond_idx], y[:, self.trans_idx]
+        x = y.clone()
+        x[:, self.trans_idx] = self.transform(yb, self.params(a), inverse=True)[0]
+        return x
