@@ -66,6 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zoo_core.errors import ConfigError
 from zoo_core.model import GenerativeModel, as_sample_shape
 
 from .gated import GatedPixelCNNNet
@@ -124,6 +125,9 @@ class Autoregressive(GenerativeModel):
         super().__init__(data, optim)
         if architecture not in ARCHITECTURES:
             raise ValueError(f"autoregressive: architecture must be one of {list(ARCHITECTURES)}, got {architecture!r}")
+        if self.is_conditional and self.data_spec.context_shape:
+            raise ConfigError(f"autoregressive: conditions on class labels only, got a context of shape "
+                              f"{tuple(self.data_spec.context_shape)}")
         classes = self.num_classes if self.is_conditional else None
         if num_masks < 1 or n_components < 1 or channels < 1 or n_layers < 0 or any(h < 1 for h in hidden):
             raise ValueError("autoregressive: num_masks, n_components, channels and hidden widths must be positive")
