@@ -90,10 +90,10 @@ class MADESteps:
 
 
 def _linear_weight(conv_weight: Tensor, rows: int | None = None) -> Tensor:
-    """A conv kernel (C_out, C_in, kh, kw), its first ``rows`` rows kept, as a matrix (C_out, C_in*rows*kw)
-    acting on patches flattened in (C_in, rows, kw) order."""
+    """A conv kernel (C_out, C_in, kh, kw), its first ``rows`` rows kept, as a matrix
+    (C_out, rows*kw*C_in) acting on channels-last patches flattened in (rows, kw, C_in) order."""
     w = conv_weight if rows is None else conv_weight[:, :, :rows]
-    return w.reshape(len(w), -1)
+    return w.permute(0, 2, 3, 1).reshape(len(w), -1)
 
 
 class PixelCNNSteps:
@@ -109,13 +109,13 @@ class PixelCNNSteps:
         # every mask is zero below its centre row: only the rows up to the centre are kept
         self.w0 = _linear_weight(conv.weight * conv.mask.to(dtype), p0 + 1)  # (C, (p0+1)(2p0+1))
         self.b0 = _bias(conv.bias, net.input_class_bias, y)  # (1|n, C)
-        self.inp = torch.zeros(n, 1, H + p0, W + 2 * p0, dtype=dtype, device=device)  # padded net input
+        self.inp = torch.zeros(n, H + p0, W + 2 * p0, 1, dtype=dtype, device=device)  # padded net input, channels last
         self.blocks = []
         for block in net.blocks:
             c = block.conv
             p = c.kernel_size[0] // 2
             C = c.weight.shape[0]
-            buf = torch.zeros(n, C, H + p, W + 2 * p, dtype=dtype, device=device)  # ReLU(h) padded
+            buf = torch.zeros(n, H + p, W + 2 * p, C, dtype=dtype, device=device)  # ReLU(h) padded, channels last
             self.blocks.append((p, buf, _linear_weight(c.weight * c.mask.to(dtype), p + 1),
                                 _bias(c.bias, block.class_bias, y), block.mix.weight[:, :, 0, 0], block.mix.bias))
         self.head = [(m.weight[:, :, 0, 0], m.bias) for m in net.head if isinstance(m, torch.nn.Conv2d)]
@@ -123,17 +123,17 @@ class PixelCNNSteps:
     def params(self, d: int) -> Tensor:
         i, j = divmod(d, self.W)
         p0 = self.p0
-        patch = self.inp[:, :, i:i + p0 + 1, j:j + 2 * p0 + 1].reshape(self.n, -1)  # rows i-p0..i
+        patch = self.inp[:, i:i + p0 + 1, j:j + 2 * p0 + 1].reshape(self.n, -1)  # rows i-p0..i
         h = F.linear(patch, self.w0) + self.b0  # (n, C)
         for p, buf, w, b, mix_w, mix_b in self.blocks:
-            buf[:, :, i + p, j + p] = F.relu(h)
-            patch = buf[:, :, i:i + p + 1, j:j + 2 * p + 1].reshape(self.n, -1)  # rows i-p..i
+            buf[:, i + p, j + p] = F.relu(h)
+            patch = buf[:, i:i + p + 1, j:j + 2 * p + 1].reshape(self.n, -1)  # rows i-p..i
             h = h + F.linear(F.relu(F.linear(patch, w) + b), mix_w, mix_b)
         return _head(self.head, h)
 
     def set(self, d: int, value: Tensor) -> None:
         i, j = divmod(d, self.W)
-        self.inp[:, 0, i + self.p0, j + self.p0] = self.to_input(value)
+        self.inp[:, i + self.p0, j + self.p0, 0] = self.to_input(value)
 
 
 def _head(layers: list[tuple[Tensor, Tensor]], h: Tensor) -> Tensor:
@@ -158,7 +158,7 @@ class GatedSteps:
             self.layers.append(dict(
                 p=p, first=layer.first,
                 v_in=torch.zeros(n, c_in, H + p, W + 2 * p, dtype=dtype, device=device),  # padded v input
-                h_in=torch.zeros(n, c_in, W + p, dtype=dtype, device=device),  # this row's h input, left-padded
+                h_in=torch.zeros(n, W + p, c_in, dtype=dtype, device=device),  # this row's h input, left-padded
                 v_w=layer.v_conv.weight, v_b=_bias(layer.v_conv.bias, layer.v_class_bias, y),  # (1|n, 2C)
                 h_w=_linear_weight(layer.h_conv.weight), h_b=_bias(layer.h_conv.bias, layer.h_class_bias, y),
                 link_w=layer.link.weight[:, :, 0, 0], link_b=layer.link.bias,
@@ -190,10 +190,10 @@ class GatedSteps:
         for L in self.layers:
             p = L["p"]
             if L["first"]:
-                patch = L["h_in"][:, :, j:j + p]  # cols j-p..j-1 (the pixel itself is not drawn yet)
+                patch = L["h_in"][:, j:j + p]  # cols j-p..j-1 (the pixel itself is not drawn yet)
             else:
-                L["h_in"][:, :, j + p] = h
-                patch = L["h_in"][:, :, j:j + p + 1]  # cols j-p..j
+                L["h_in"][:, j + p] = h
+                patch = L["h_in"][:, j:j + p + 1]  # cols j-p..j
             h_pre = F.linear(patch.reshape(self.n, -1), L["h_w"]) + L["h_b"] + L["link"][:, j]  # (n, 2C)
             out = F.linear(gate(h_pre), L["res_w"], L["res_b"])  # (n, C)
             h = out if L["first"] else h + out
@@ -205,7 +205,7 @@ class GatedSteps:
         p = L["p"]
         x = self.to_input(value)  # (n,) the net input of the drawn pixel
         L["v_in"][:, 0, i + p, j + p] = x
-        L["h_in"][:, 0, j + p] = x
+        L["h_in"][:, j + p, 0] = x
 
 
 def incremental_sampler(net, n: int, event_shape, to_input: Callable[[Tensor], Tensor], k: int = 0,
