@@ -121,6 +121,8 @@ def test_pixelcnn_autoregressive_property():
     ((1, 2, 3), dict(architecture="made", hidden=[8, 8])),
     ((1, 3, 3), dict(architecture="pixelcnn", channels=8, n_layers=2)),
     ((1, 2, 2), dict(architecture="pixelcnn", channels=8, n_layers=1, kernel_size=3)),
+    ((1, 3, 3), dict(architecture="gated_pixelcnn", channels=8, n_layers=2, kernel_size=3)),
+    ((1, 2, 3), dict(architecture="gated_pixelcnn", channels=6, n_layers=1, kernel_size=5)),
 ])
 def test_probabilities_sum_to_one_over_all_binary_data(shape, kwargs):
     model = randomised(Autoregressive(spec(shape), **kwargs))
@@ -133,6 +135,7 @@ def test_probabilities_sum_to_one_over_all_binary_data(shape, kwargs):
 @pytest.mark.parametrize("shape, kwargs", [
     ((6,), dict(architecture="made", hidden=[16], num_masks=2)),
     ((1, 2, 2), dict(architecture="pixelcnn", channels=8, n_layers=1)),
+    ((1, 2, 3), dict(architecture="gated_pixelcnn", channels=8, n_layers=1, kernel_size=3)),
 ])
 def test_samples_follow_log_prob(shape, kwargs):
     """Pearson's chi-square of 20000 samples against exp(log_prob) over every configuration."""

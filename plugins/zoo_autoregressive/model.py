@@ -6,6 +6,9 @@ References
   Distribution Estimation", ICML 2015 (arXiv:1502.03509).
 - A. van den Oord, N. Kalchbrenner and K. Kavukcuoglu, "Pixel Recurrent Neural Networks",
   ICML 2016 (arXiv:1601.06759), the PixelCNN of sections 3.4-3.5.
+- A. van den Oord, N. Kalchbrenner, O. Vinyals, L. Espeholt, A. Graves and K. Kavukcuoglu,
+  "Conditional Image Generation with PixelCNN Decoders", NeurIPS 2016 (arXiv:1606.05328), the
+  Gated PixelCNN and its class conditioning.
 
 Both factorise the density by the chain rule along an ordering o of the D dimensions,
 
@@ -27,6 +30,19 @@ therefore exact and costs one pass; sampling is sequential and costs D passes.
   (centre excluded) followed by residual blocks of 3x3 type-B masked convolutions (centre
   included) and a 1x1 head. Like the paper's PixelCNN it has a "blind spot" (some pixels
   above-right are out of its receptive field); that only limits what it can model.
+- ``gated_pixelcnn``: the Gated PixelCNN (``gated.py``): vertical and horizontal stacks of gated
+  convolutions tanh(W_f * x) ⊙ sigmoid(W_g * x), the vertical stack feeding the horizontal one
+  (shifted down a row), residual connections in the horizontal stack; no blind spot.
+
+Class conditioning (``data.conditional: true`` on labelled data): p(x | y) with a learnt
+per-class bias of every hidden unit and output (MADE) or of every layer's pre-activations (both
+PixelCNNs; the Gated PixelCNN paper's eq. 4 with a one-hot h). Without labels a conditional model
+gives the marginal under a uniform class prior: log p(x) = log (1/K) sum_y p(x | y), and samples
+draw y uniformly first.
+
+Sampling is ancestral and incremental (``incremental.py``): each hidden unit is computed once,
+when the dimensions it sees have all been drawn, so the D steps cost about one network pass for
+MADE and one k x k window per layer per pixel for the PixelCNNs.
 
 Conditionals by data representation (see ``zoo_core.data.spec``):
 
@@ -50,11 +66,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zoo_core.errors import ConfigError
 from zoo_core.model import GenerativeModel, as_sample_shape
 
+from .gated import GatedPixelCNNNet
+from .incremental import incremental_sampler
 from .nets import MADENet, PixelCNNNet
 
-ARCHITECTURES = ("made", "pixelcnn")
+ARCHITECTURES = ("made", "pixelcnn", "gated_pixelcnn")
+IMAGE_ARCHITECTURES = ("pixelcnn", "gated_pixelcnn")
 LOG_SCALE_MIN, LOG_SCALE_MAX = -7.0, 3.0
 # raw = 0 maps to log-scale 0 (unit scale): sigmoid(raw + _SCALE_SHIFT) = -MIN / (MAX - MIN)
 _SCALE_SHIFT = math.log(-LOG_SCALE_MIN / LOG_SCALE_MAX)
@@ -62,24 +82,26 @@ LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class Autoregressive(GenerativeModel):
-    """MADE (Germain et al. 2015) or PixelCNN (van den Oord et al. 2016): an exact likelihood
-    by the chain rule, one masked network pass per evaluation, D passes per sample.
+    """MADE (Germain et al. 2015), PixelCNN or Gated PixelCNN (van den Oord et al. 2016): an
+    exact likelihood by the chain rule, one masked network pass per evaluation, D incremental
+    steps per sample; optionally conditioned on a class label.
 
     Args:
         data, optim: see :class:`GenerativeModel`.
-        architecture: ``made`` (any data) or ``pixelcnn`` (single-channel images).
+        architecture: ``made`` (any data), ``pixelcnn`` or ``gated_pixelcnn`` (single-channel images).
         hidden: MADE's hidden layer widths.
         num_masks: MADE's number of orderings/connectivities (1 = the natural order only).
         direct: MADE's direct input-to-output masked connections.
         mask_seed: seed of MADE's hidden degrees and orderings (masks are rebuilt from it).
-        channels: PixelCNN's feature maps.
-        n_layers: PixelCNN's residual blocks of 3x3 type-B convolutions.
-        kernel_size: PixelCNN's first (type-A) kernel size, odd.
+        channels: the PixelCNNs' feature maps.
+        n_layers: the PixelCNNs' 3x3 layers (residual blocks of type-B convolutions, or gated layers).
+        kernel_size: the PixelCNNs' first kernel size, odd (>= 3 for the gated one).
         n_components: Gaussians per conditional for real-valued data (ignored for binarized data).
     """
 
     family = "autoregressive"
     likelihood = "exact"
+    conditional = True
 
     def __init__(
         self,
@@ -103,6 +125,10 @@ class Autoregressive(GenerativeModel):
         super().__init__(data, optim)
         if architecture not in ARCHITECTURES:
             raise ValueError(f"autoregressive: architecture must be one of {list(ARCHITECTURES)}, got {architecture!r}")
+        if self.is_conditional and self.data_spec.context_shape:
+            raise ConfigError(f"autoregressive: conditions on class labels only, got a context of shape "
+                              f"{tuple(self.data_spec.context_shape)}")
+        classes = self.num_classes if self.is_conditional else None
         if num_masks < 1 or n_components < 1 or channels < 1 or n_layers < 0 or any(h < 1 for h in hidden):
             raise ValueError("autoregressive: num_masks, n_components, channels and hidden widths must be positive")
         self.architecture = architecture
@@ -112,30 +138,34 @@ class Autoregressive(GenerativeModel):
         self.D = self.data_spec.dims
         if architecture == "made":
             self.num_masks = num_masks
-            self.net = MADENet(self.D, hidden, self.P, num_masks, mask_seed, direct)
+            self.net = MADENet(self.D, hidden, self.P, num_masks, mask_seed, direct, classes)
         else:
             if not self.data_spec.is_image or self.event_shape[0] != 1:
                 raise ValueError(
-                    "autoregressive: architecture 'pixelcnn' needs single-channel images (1, H, W), "
+                    f"autoregressive: architecture '{architecture}' needs single-channel images (1, H, W), "
                     f"got event shape {tuple(self.event_shape)}; use architecture 'made'")
-            if kernel_size < 1 or kernel_size % 2 != 1:
-                raise ValueError(f"autoregressive: kernel_size must be odd and positive, got {kernel_size}")
+            smallest = 3 if architecture == "gated_pixelcnn" else 1
+            if kernel_size < smallest or kernel_size % 2 != 1:
+                raise ValueError(f"autoregressive: kernel_size must be odd and >= {smallest} for '{architecture}', "
+                                 f"got {kernel_size}")
             self.num_masks = 1
-            self.net = PixelCNNNet(channels, n_layers, kernel_size, self.P)
+            net = PixelCNNNet if architecture == "pixelcnn" else GatedPixelCNNNet
+            self.net = net(channels, n_layers, kernel_size, self.P, classes)
 
     # ---- the networks ---------------------------------------------------------------------------
     def net_input(self, x: Tensor) -> Tensor:
         """Images as 2x - 1 (zero padding then differs from every pixel), real data unchanged."""
         return 2 * x - 1 if self.data_spec.is_image else x
 
-    def conditionals(self, x: Tensor, k: int = 0) -> Tensor:
-        """x (N, *event_shape) -> (N, D, P): parameters of p(x_d | x before d), d in raster
-        order of the flattened event; for MADE under mask k (the ordering ``order(k)``)."""
+    def conditionals(self, x: Tensor, k: int = 0, y: Tensor | None = None) -> Tensor:
+        """x (N, *event_shape), labels y (N,) or None -> (N, D, P): parameters of
+        p(x_d | x before d[, y]), d in raster order of the flattened event; for MADE under mask k
+        (the ordering ``order(k)``)."""
         N = len(x)
         inp = self.net_input(x.to(self.dtype))
         if self.architecture == "made":
-            return self.net(inp.reshape(N, self.D), k)  # (N, D, P)
-        out = self.net(inp)  # (N, P, H, W)
+            return self.net(inp.reshape(N, self.D), k, y)  # (N, D, P)
+        out = self.net(inp, y)  # (N, P, H, W)
         return out.reshape(N, self.P, self.D).transpose(1, 2)  # (N, D, P)
 
     def order(self, k: int = 0) -> Tensor:
@@ -175,64 +205,83 @@ class Autoregressive(GenerativeModel):
         batch_shape = self.validate_sample(x)
         return x.reshape(-1, *self.event_shape).to(self.dtype), batch_shape  # (N, *event)
 
-    def log_prob_mask(self, x: Tensor, k: int = 0) -> Tensor:
-        """log p_k(x) under mask k: x (N, *event_shape) -> (N,)."""
-        params = self.conditionals(x, k)  # (N, D, P)
+    def log_prob_mask(self, x: Tensor, k: int = 0, y: Tensor | None = None) -> Tensor:
+        """log p_k(x [| y]) under mask k: x (N, *event_shape), labels y (N,) or None -> (N,)."""
+        params = self.conditionals(x, k, y)  # (N, D, P)
         return self.dim_log_prob(x.reshape(len(x), self.D), params).sum(-1)  # (N,)
 
-    def _log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """(*batch, *event_shape) -> (*batch,) exact log-likelihood in nats (for K masks, of the
-        uniform mixture over the K orderings)."""
-        x, batch_shape = self._flat(x)
+    def log_prob_given(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """log p(x [| y]): x (N, *event_shape) -> (N,); for K masks, of the uniform mixture
+        over the K orderings."""
         if self.num_masks == 1:
-            return self.log_prob_mask(x, 0).reshape(batch_shape)
-        per_mask = torch.stack([self.log_prob_mask(x, k) for k in range(self.num_masks)])  # (K, N)
-        return (torch.logsumexp(per_mask, dim=0) - math.log(self.num_masks)).reshape(batch_shape)
+            return self.log_prob_mask(x, 0, y)
+        per_mask = torch.stack([self.log_prob_mask(x, k, y) for k in range(self.num_masks)])  # (K, N)
+        return torch.logsumexp(per_mask, dim=0) - math.log(self.num_masks)
+
+    def _log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """(*batch, *event_shape) -> (*batch,) exact log-likelihood in nats: log p(x | y) given
+        labels, otherwise (for a conditional model) log (1/K) sum_y p(x | y)."""
+        x, batch_shape = self._flat(x)
+        if context is not None:
+            return self.log_prob_given(x, context.reshape(-1)).reshape(batch_shape)
+        if not self.is_conditional:
+            return self.log_prob_given(x).reshape(batch_shape)
+        K = self.num_classes
+        per_class = torch.stack([self.log_prob_given(x, torch.full((len(x),), c, dtype=torch.long, device=x.device))
+                                 for c in range(K)])  # (K, N)
+        return (torch.logsumexp(per_class, dim=0) - math.log(K)).reshape(batch_shape)
 
     def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """Mean NLL; order-agnostic MADE draws one of its K masks per minibatch (the paper's
-        training procedure, an upper bound on the NLL of the mixture that log_prob reports)."""
+        """Mean NLL (given the labels for a conditional model); order-agnostic MADE draws one of
+        its K masks per minibatch (the paper's training procedure, an upper bound on the NLL of
+        the mixture that log_prob reports)."""
         x, _ = self._flat(x)
+        y = context.reshape(-1) if context is not None else None
         k = int(torch.randint(self.num_masks, ())) if self.num_masks > 1 else 0
-        return -self.log_prob_mask(x, k).mean()
+        return -self.log_prob_mask(x, k, y).mean()
 
-    @torch.no_grad()
     def _sample(self, sample_shape: torch.Size, context: Tensor | None = None) -> Tensor:
-        """Ancestral sampling, one dimension at a time in the model's ordering (D network passes);
-        with K masks each sample first draws its mask uniformly."""
+        """Ancestral sampling, one dimension at a time in the model's ordering; with K masks each
+        sample first draws its mask uniformly; a conditional model without labels draws them
+        uniformly first."""
         shape = as_sample_shape(sample_shape)
-        return self._draw(math.prod(shape))[0].reshape(*shape, *self.event_shape)
+        y = context.reshape(-1) if context is not None else None
+        return self._draw(math.prod(shape), y)[0].reshape(*shape, *self.event_shape)
 
-    @torch.no_grad()
-    def _draw(self, n: int) -> tuple[Tensor, Tensor]:
-        """n samples (n, *event) and the conditional means E[x_d | x_<d] met on the way (n, *event)."""
+    def _draw(self, n: int, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """n samples (n, *event) and the conditional means E[x_d | x_<d] met on the way (n, *event);
+        labels y (n,) for a conditional model (drawn uniformly when None). Runs under
+        inference_mode; the results are ordinary tensors."""
+        with torch.inference_mode():
+            x, means = self._draw_inference(n, y)
+        return x.clone(), means.clone()
+
+    def _draw_inference(self, n: int, y: Tensor | None) -> tuple[Tensor, Tensor]:
         x = torch.zeros(n, *self.event_shape, device=self.device, dtype=self.dtype)  # (n, *event)
         means = torch.zeros_like(x)
         if n == 0:
             return x, means
+        if self.is_conditional and y is None:
+            y = torch.randint(self.num_classes, (n,)).to(self.device)  # (n,) uniform class prior
         ks = torch.randint(self.num_masks, (n,)) if self.num_masks > 1 else torch.zeros(n, dtype=torch.long)  # (n,)
         for k in range(self.num_masks):
             rows = (ks == k).nonzero()[:, 0].to(x.device)
+            if len(rows) == n:
+                return self._sample_mask(x, k, y)
             if len(rows):
-                x[rows], means[rows] = self._sample_mask(x[rows], k)
+                x[rows], means[rows] = self._sample_mask(x[rows], k, y[rows] if y is not None else None)
         return x, means
 
-    def _sample_mask(self, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """Fill x (n, *event) dimension by dimension under mask k; also return the conditional means."""
+    def _sample_mask(self, x: Tensor, k: int, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Fill x (n, *event) dimension by dimension under mask k, each hidden unit computed once
+        (``incremental.py``); also return the conditional means."""
         n = len(x)
         flat = x.reshape(n, self.D)  # a view: writes go to x
         means = torch.zeros_like(flat)  # (n, D)
-        if self.architecture == "pixelcnn":
-            H, W = self.event_shape[1], self.event_shape[2]
-            for i in range(H):
-                for j in range(W):
-                    # rows below i cannot reach pixel (i, j): every mask is zero below its centre
-                    out = self.net(self.net_input(x[:, :, : i + 1]))  # (n, P, i+1, W)
-                    x[:, 0, i, j], means[:, i * W + j] = self.dim_sample(out[:, :, i, j])
-            return x, means.reshape(x.shape)
+        steps = incremental_sampler(self.net, n, self.event_shape, self.net_input, k, y)
         for d in torch.argsort(self.order(k)).tolist():  # dimensions in their sampling order
-            params = self.conditionals(x, k)[:, d]  # (n, P)
-            flat[:, d], means[:, d] = self.dim_sample(params)
+            flat[:, d], means[:, d] = self.dim_sample(steps.params(d))
+            steps.set(d, flat[:, d])
         return x, means.reshape(x.shape)
 
     @torch.no_grad()
@@ -240,8 +289,9 @@ class Autoregressive(GenerativeModel):
         """Binarized images: for each sample x, the probabilities p(x_d = 1 | x_<d) met while
         drawing it (grey where the model hesitated; thresholding them is NOT the sample, but they
         read far better than 8x8 binary pixels). Dequantized images: samples clipped to [0, 1].
-        Other data: true samples."""
-        x, means = self._draw(n)
+        Other data: true samples. A conditional model shows the classes in turn (0, 1, ..., K-1, 0, ...)."""
+        y = torch.arange(n, device=self.device) % self.num_classes if self.is_conditional else None
+        x, means = self._draw(n, y)
         if self.data_spec.is_image and self.binary:
             return means
         return x.clamp(0.0, 1.0) if self.data_spec.representation == "dequantized" else x
@@ -258,7 +308,7 @@ class Autoregressive(GenerativeModel):
         scales of std / C."""
         flat = x.reshape(len(x), -1).to(self.dtype)  # (N, D)
         bias = self.net.output_bias()  # MADE (D, P), PixelCNN (P,)
-        if self.architecture == "pixelcnn":
+        if self.architecture in IMAGE_ARCHITECTURES:
             flat = flat.reshape(-1, 1)  # every pixel one draw of one shared marginal
         if self.binary:
             p = flat.mean(0).clamp(1e-3, 1 - 1e-3)  # (D,) or (1,)
@@ -271,7 +321,7 @@ class Autoregressive(GenerativeModel):
         log_scale = (torch.log(std) - math.log(C)).clamp(LOG_SCALE_MIN + 0.1, LOG_SCALE_MAX - 0.1)
         u = (log_scale - LOG_SCALE_MIN) / (LOG_SCALE_MAX - LOG_SCALE_MIN)
         raw = torch.log(u) - torch.log1p(-u) - _SCALE_SHIFT  # inverse of the squashing
-        if self.architecture == "pixelcnn":
+        if self.architecture in IMAGE_ARCHITECTURES:
             means, raw = means[0], raw[0]  # (C,), ()
         bias[..., :C] = 0.0
         bias[..., C:2 * C] = means

@@ -53,10 +53,13 @@ class MADENet(nn.Module):
 
     Mask 0 uses the natural order; masks 1.. (order-agnostic training) use random orders. All
     masks are rebuilt from ``mask_seed`` and cached per (mask, device); none is stored.
+    With ``num_classes`` a one-hot class y is connected, unmasked, to every hidden unit and every
+    output (a learnt per-class bias of each, ``class_hidden`` and ``class_out``), so every
+    conditional p(x_d | x_<d, y) sees the class, the first one included.
     """
 
     def __init__(self, D: int, hidden: list[int], params_per_dim: int, num_masks: int, mask_seed: int,
-                 direct: bool):
+                 direct: bool, num_classes: int | None = None):
         super().__init__()
         self.D, self.P, self.hidden = D, params_per_dim, list(hidden)
         self.num_masks, self.mask_seed = num_masks, mask_seed
@@ -67,6 +70,12 @@ class MADENet(nn.Module):
         self.direct = nn.Linear(D, D * params_per_dim, bias=False) if direct else None
         if self.direct is not None:
             nn.init.zeros_(self.direct.weight)
+        self.class_hidden = self.class_out = None
+        if num_classes:
+            self.class_hidden = nn.ModuleList(nn.Embedding(num_classes, h) for h in hidden)
+            self.class_out = nn.Embedding(num_classes, D * params_per_dim)
+            for emb in [*self.class_hidden, self.class_out]:
+                nn.init.zeros_(emb.weight)
         self._degrees = [made_degrees(D, self.hidden, mask_seed + k, natural_order=(k == 0)) for k in range(num_masks)]
         self._cache: dict = {}
 
@@ -79,20 +88,25 @@ class MADENet(nn.Module):
         if key not in self._cache:
             if len(self._cache) > 8:
                 self._cache.clear()
-            hidden, out, direct = made_masks(self._degrees[k], self.P)
-            self._cache[key] = ([m.to(device) for m in hidden], out.to(device), direct.to(device))
+            with torch.inference_mode(False):  # cached masks must serve autograd later too
+                hidden, out, direct = made_masks(self._degrees[k], self.P)
+                self._cache[key] = ([m.to(device) for m in hidden], out.to(device), direct.to(device))
         return self._cache[key]
 
-    def forward(self, x: Tensor, k: int = 0) -> Tensor:
-        """x (N, D) -> (N, D, P) parameters of p(x_d | x_<d) under mask k."""
+    def forward(self, x: Tensor, k: int = 0, y: Tensor | None = None) -> Tensor:
+        """x (N, D), labels y (N,) or None -> (N, D, P) parameters of p(x_d | x_<d[, y]) under mask k."""
         hidden_masks, out_mask, direct_mask = self.masks(k, x.device)
+        conditioned = y is not None and self.class_out is not None
         h = x
-        for layer, mask in zip(self.layers, hidden_masks):
-            h = F.relu(F.linear(h, layer.weight * mask.to(layer.weight.dtype), layer.bias))  # (N, H_l)
-        y = F.linear(h, self.out.weight * out_mask.to(self.out.weight.dtype), self.out.bias)  # (N, D*P)
+        for l, (layer, mask) in enumerate(zip(self.layers, hidden_masks)):
+            a = F.linear(h, layer.weight * mask.to(layer.weight.dtype), layer.bias)  # (N, H_l)
+            h = F.relu(a + self.class_hidden[l](y) if conditioned else a)
+        out = F.linear(h, self.out.weight * out_mask.to(self.out.weight.dtype), self.out.bias)  # (N, D*P)
         if self.direct is not None:
-            y = y + F.linear(x, self.direct.weight * direct_mask.to(self.direct.weight.dtype))
-        return y.reshape(len(x), self.D, self.P)
+            out = out + F.linear(x, self.direct.weight * direct_mask.to(self.direct.weight.dtype))
+        if conditioned:
+            out = out + self.class_out(y)
+        return out.reshape(len(x), self.D, self.P)
 
     def output_bias(self) -> Tensor:
         """(D, P) view of the output bias (for data-dependent initialisation)."""
@@ -123,31 +137,54 @@ class MaskedConv2d(nn.Conv2d):
         return self._conv_forward(x, self.weight * self.mask.to(self.weight.dtype), self.bias)
 
 
-class ResidualBlock(nn.Module):
-    """h + 1x1(ReLU(3x3 type-B masked conv(ReLU(h)))): channels (N, C, H, W) -> (N, C, H, W)."""
+def class_bias(embedding: nn.Embedding | None, y: Tensor | None, a: Tensor) -> Tensor:
+    """a (N, C, H, W) plus the per-class bias embedding(y) (N, C) at every pixel, if any."""
+    if embedding is None or y is None:
+        return a
+    return a + embedding(y)[:, :, None, None]
 
-    def __init__(self, channels: int, kernel_size: int = 3):
+
+def class_embedding(num_classes: int | None, channels: int) -> nn.Embedding | None:
+    """A per-class bias (zero at initialisation), or None for an unconditional network."""
+    if not num_classes:
+        return None
+    emb = nn.Embedding(num_classes, channels)
+    nn.init.zeros_(emb.weight)
+    return emb
+
+
+class ResidualBlock(nn.Module):
+    """h + 1x1(ReLU(3x3 type-B masked conv(ReLU(h)) [+ class bias])): (N, C, H, W) -> (N, C, H, W)."""
+
+    def __init__(self, channels: int, kernel_size: int = 3, num_classes: int | None = None):
         super().__init__()
         self.conv = MaskedConv2d("B", channels, channels, kernel_size)
         self.mix = nn.Conv2d(channels, channels, 1)
+        self.class_bias = class_embedding(num_classes, channels)
 
-    def forward(self, h: Tensor) -> Tensor:
-        return h + self.mix(F.relu(self.conv(F.relu(h))))
+    def forward(self, h: Tensor, y: Tensor | None = None) -> Tensor:
+        return h + self.mix(F.relu(class_bias(self.class_bias, y, self.conv(F.relu(h)))))
 
 
 class PixelCNNNet(nn.Module):
     """x (N, 1, H, W) -> (N, P, H, W): a type-A k x k conv, ``n_layers`` residual blocks of 3x3
-    type-B convs, and a 1x1 ReLU head (van den Oord et al. 2016, sec. 3.5 and table 1)."""
+    type-B convs, and a 1x1 ReLU head (van den Oord et al. 2016, sec. 3.5 and table 1). With
+    ``num_classes``, the first conv and every block add a learnt per-class bias (labels y (N,))."""
 
-    def __init__(self, channels: int, n_layers: int, kernel_size: int, params_per_pixel: int):
+    def __init__(self, channels: int, n_layers: int, kernel_size: int, params_per_pixel: int,
+                 num_classes: int | None = None):
         super().__init__()
         self.input_conv = MaskedConv2d("A", 1, channels, kernel_size)
-        self.blocks = nn.Sequential(*[ResidualBlock(channels) for _ in range(n_layers)])
+        self.input_class_bias = class_embedding(num_classes, channels)
+        self.blocks = nn.ModuleList(ResidualBlock(channels, num_classes=num_classes) for _ in range(n_layers))
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(),
                                   nn.Conv2d(channels, params_per_pixel, 1))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.blocks(self.input_conv(x)))
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        h = class_bias(self.input_class_bias, y, self.input_conv(x))
+        for block in self.blocks:
+            h = block(h, y)
+        return self.head(h)
 
     def output_bias(self) -> Tensor:
         """(P,) bias of the last 1x1 conv, shared by all pixels."""
