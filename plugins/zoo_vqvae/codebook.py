@@ -14,10 +14,13 @@ mean of the encoder outputs assigned to them, as exponential moving averages wit
 (N~ is the Laplace-smoothed count, which keeps a code that no output chose from dividing by
 zero). The averages start at N_j = 1, m_j = e_j: a pseudo-count of one at the initial code, so
 the first update already gives the weighted mean of the old code and its new members.
+Under data-parallel training the counts n_j and sums are all-reduced first, so every process
+makes the same update from the whole global batch.
 """
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -46,8 +49,12 @@ class EMACodebook(nn.Module):
     def ema_update(self, z: Tensor, index: Tensor) -> None:
         """One EMA step from encoder outputs z (M, d) assigned to codes ``index`` (M,)."""
         onehot = F.one_hot(index, self.num_codes).to(z.dtype)  # (M, K)
-        self.cluster_size.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)  # (K,)
-        self.code_sum.mul_(self.decay).add_(onehot.T @ z, alpha=1 - self.decay)  # (K, d)
+        counts, sums = onehot.sum(0), onehot.T @ z  # (K,), (K, d)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(counts)
+            dist.all_reduce(sums)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.code_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         total = self.cluster_size.sum()
         smoothed = (self.cluster_size + self.epsilon) / (total + self.num_codes * self.epsilon) * total  # (K,)
         self.codes.copy_(self.code_sum / smoothed[:, None])
