@@ -6,7 +6,10 @@ __version__ = "0.1.0"
 
 @hookimpl
 def register_datasets(register):
+    from zoo_core.data.array import ArrayDataModule
+    from zoo_core.data.cifar10 import CIFAR10DataModule
     from zoo_core.data.digits import DigitsDataModule
+    from zoo_core.data.image_folder import ImageFolderDataModule
     from zoo_core.data.mnist import MNISTDataModule
     from zoo_core.data.toy import TOY_DATASETS
 
@@ -14,6 +17,9 @@ def register_datasets(register):
         register(name, cls)
     register("digits", DigitsDataModule)
     register("mnist", MNISTDataModule)
+    register("cifar10", CIFAR10DataModule)
+    register("array", ArrayDataModule)  # the user's own file or in-memory array
+    register("image_folder", ImageFolderDataModule)  # the user's own folder of PNG/JPEG images
 
 
 @hookimpl
