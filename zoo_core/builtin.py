@@ -15,6 +15,9 @@ DATASETS = {
     "spirals": "zoo_core.data.toy:SpiralsDataModule",
     "digits": "zoo_core.data.digits:DigitsDataModule",
     "mnist": "zoo_core.data.mnist:MNISTDataModule",
+    "cifar10": "zoo_core.data.cifar10:CIFAR10DataModule",
+    "array": "zoo_core.data.array:ArrayDataModule",  # the user's own file or in-memory array
+    "image_folder": "zoo_core.data.image_folder:ImageFolderDataModule",  # the user's own PNG/JPEG folder
 }
 
 # name: (class, the result keys it writes: what `expected:` entries and the leaderboard may name)

@@ -1,4 +1,5 @@
-"""Datamodules (toy 2-D, sklearn digits, MNIST) and the likelihood bookkeeping of representations.
+"""Datamodules (toy 2-D, sklearn digits, MNIST, CIFAR-10, the user's arrays and image folders) and the
+likelihood bookkeeping of representations.
 
 The datamodules import torch and Lightning; they load on first attribute access, so that reading
 ``DataSpec``/``REPRESENTATIONS`` (the registry does) stays light."""

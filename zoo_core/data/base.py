@@ -8,6 +8,12 @@ over DDP ranks itself:
   epoch, rank, batch number), so a run killed mid-epoch resumes at the exact batch;
 - val/test: each rank takes every ``world_size``-th example *without padding*, so summed
   metrics over ranks equal the single-process values exactly.
+
+Labels: ``load_splits()`` may return ``(x, y)`` pairs instead of bare tensors, ``y`` the class
+labels 0..K-1 of shape (N,). With ``conditional=True`` (registry ``data: {conditional: true}``)
+every loader yields ``(x, y)`` batches, the labels being the context of a conditional model;
+otherwise loaders yield bare ``x`` exactly as for an unlabelled dataset. ``eval_labels(split)``
+gives a split's labels either way (for metrics that need them).
 """
 from __future__ import annotations
 
@@ -34,21 +40,26 @@ class BatchDataset(Dataset):
     """Tensor dataset that returns whole batches through ``__getitems__`` (one indexing op per batch).
 
     ``transform`` is applied per batch (dynamic binarisation or dequantisation noise for training).
+    With ``labels`` (N,), a batch is ``(x, y)``.
     """
 
-    def __init__(self, data: Tensor, transform=None):
+    def __init__(self, data: Tensor, transform=None, labels: Tensor | None = None):
         self.data = data
         self.transform = transform
+        self.labels = labels
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, index: int) -> Tensor:
-        return self.__getitems__([index])[0]
+    def __getitem__(self, index: int):
+        batch = self.__getitems__([index])
+        return (batch[0][0], batch[1][0]) if self.labels is not None else batch[0]
 
-    def __getitems__(self, indices: list[int]) -> Tensor:
-        batch = self.data[torch.as_tensor(indices, dtype=torch.long)]
-        return self.transform(batch) if self.transform is not None else batch
+    def __getitems__(self, indices: list[int]):
+        index = torch.as_tensor(indices, dtype=torch.long)
+        batch = self.data[index]
+        batch = self.transform(batch) if self.transform is not None else batch
+        return batch if self.labels is None else (batch, self.labels[index])
 
 
 def _batch_is_ready(batch: Tensor) -> Tensor:
@@ -107,19 +118,20 @@ class TrainDataset(Dataset):
     binarisation or dequantisation) draws from a generator seeded by the batch's coordinates, not
     from the global RNG, so it is the same however batches are prefetched, skipped or resumed."""
 
-    def __init__(self, data: Tensor, noise=None, seed: int = 0, rank: int = 0):
+    def __init__(self, data: Tensor, noise=None, seed: int = 0, rank: int = 0, labels: Tensor | None = None):
         self.data, self.noise, self.seed, self.rank = data, noise, int(seed), int(rank)
+        self.labels = labels  # (N,) int64, or None: batches are then bare x
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, key) -> Tensor:
+    def __getitem__(self, key):
         epoch, batch, indices = key
         x = self.data[indices]  # (B, *event)
-        if self.noise is None:
-            return x
-        gen = torch.Generator().manual_seed(batch_seed(self.seed, self.rank, epoch, batch))
-        return self.noise(x, gen)
+        if self.noise is not None:
+            gen = torch.Generator().manual_seed(batch_seed(self.seed, self.rank, epoch, batch))
+            x = self.noise(x, gen)
+        return x if self.labels is None else (x, self.labels[indices])  # (B, *event), (B,)
 
 
 class ResumableLoader(DataLoader):
@@ -170,10 +182,21 @@ class ZooDataModule(pl.LightningDataModule, abc.ABC):
     num_levels: int | None = None
     #: the shape of one example, where the dataset fixes it (checked when the data are loaded)
     event_shape: tuple[int, ...] | None = None
+    #: whether the dataset can carry class labels at all (``load_splits`` then returns (x, y) pairs)
+    labelled: bool = False
+    #: number of classes where the dataset fixes it (else counted from the labels: max + 1)
+    num_classes: int | None = None
 
     def __init__(self, representation: str | None = None, batch_size: int = 128,
-                 eval_batch_size: int | None = None, seed: int = 0, data_dir: str | None = None):
+                 eval_batch_size: int | None = None, seed: int = 0, data_dir: str | None = None,
+                 conditional: bool = False):
         super().__init__()
+        if not isinstance(conditional, bool):
+            raise DataError(f"dataset '{self.name}': conditional must be true or false, got {conditional!r}")
+        if conditional and not self.labelled:
+            raise DataError(f"dataset '{self.name}' has no labels, so it cannot be conditional "
+                            f"(remove data.conditional)")
+        self.conditional = conditional
         representation = representation or self.representations[0]
         if representation not in self.representations:
             raise DataError(
@@ -186,13 +209,15 @@ class ZooDataModule(pl.LightningDataModule, abc.ABC):
         self.seed = int(seed)
         self.data_dir = data_dir
         self._raw: dict[str, Tensor] | None = None
+        self._labels: dict[str, Tensor] | None = None  # per split (N,) int64, where the dataset has labels
         self._eval_cache: dict[str, Tensor] = {}
         self.test_split = "test"
 
     # ---- to implement ------------------------------------------------------------------------
     @abc.abstractmethod
-    def load_splits(self) -> dict[str, Tensor]:
-        """Return {'train','val','test'} tensors of raw data, seeded by ``self.seed``
+    def load_splits(self) -> dict[str, Tensor | tuple[Tensor, Tensor]]:
+        """Return {'train','val','test'} tensors of raw data (or ``(x, y)`` pairs, ``y`` the integer
+        class labels of shape (N,), for labelled datasets), seeded by ``self.seed``
         (the split must not depend on the rank: every process loads the same data).
 
         Real-valued data as float; image data as float in [0, 1] intensities for ``binarized``
@@ -215,9 +240,65 @@ class ZooDataModule(pl.LightningDataModule, abc.ABC):
             raw = self.load_splits()
             if set(raw) != {"train", "val", "test"}:
                 raise DataError(f"dataset '{self.name}': load_splits must return train, val and test")
-            self.check_raw(raw)
+            pairs = {k: isinstance(v, (tuple, list)) for k, v in raw.items()}
+            if any(pairs.values()):
+                if not all(pairs.values()):
+                    raise DataError(f"dataset '{self.name}': load_splits returned labels for some splits only")
+                labels = {k: v[1] for k, v in raw.items()}
+                raw = {k: v[0] for k, v in raw.items()}
+                self.check_raw(raw)
+                self._labels = self.check_labels(labels, raw)
+            else:
+                self.check_raw(raw)
+                if self.conditional:
+                    raise DataError(f"dataset '{self.name}' has no labels here, so it cannot be conditional "
+                                    f"(remove data.conditional)")
             self._raw = {k: v.float() for k, v in raw.items()}
         return self._raw
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the loaded data carry class labels."""
+        return self.raw is not None and self._labels is not None
+
+    def eval_labels(self, split: str) -> Tensor:
+        """The class labels (N,) int64 of a split, in the order of ``eval_data(split)``."""
+        if split not in ("train", "val", "test"):
+            raise DataError(f"split must be train, val or test, got '{split}'")
+        if not self.has_labels:
+            raise DataError(f"dataset '{self.name}' has no labels")
+        return self._labels[split]
+
+    def check_labels(self, labels: dict, raw: dict) -> dict[str, Tensor]:
+        """Validate the labels ``load_splits`` returned: one integer label >= 0 per example of each
+        split; returns them as int64 tensors."""
+        out = {}
+        for split in ("train", "val", "test"):
+            y, where = labels[split], f"dataset '{self.name}', {split} labels"
+            if not isinstance(y, Tensor):
+                raise DataError(f"{where}: expected a tensor, got {type(y).__name__}")
+            if y.dim() != 1 or len(y) != len(raw[split]):
+                raise DataError(f"{where}: expected shape ({len(raw[split])},), one label per example, "
+                                f"got {tuple(y.shape)}")
+            if y.is_floating_point() and not bool((torch.isfinite(y) & (y == y.round())).all()):
+                raise DataError(f"{where}: expected integer class labels, got non-integer values")
+            if y.is_complex() or y.dtype == torch.bool:
+                raise DataError(f"{where}: expected integer class labels, got dtype {y.dtype}")
+            y = y.long()
+            if len(y) and int(y.min()) < 0:
+                raise DataError(f"{where}: expected class labels 0..K-1, got {int(y.min())}")
+            if self.num_classes is not None and len(y) and int(y.max()) >= self.num_classes:
+                raise DataError(f"{where}: expected class labels 0..{self.num_classes - 1}, got {int(y.max())}")
+            out[split] = y
+        return out
+
+    def class_count(self) -> int | None:
+        """Number of classes: the declared ``num_classes``, else the largest label + 1; None unlabelled."""
+        if not self.has_labels:
+            return None
+        if self.num_classes is not None:
+            return int(self.num_classes)
+        return 1 + max(int(y.max()) for y in self._labels.values() if len(y))
 
     def eval_data(self, split: str) -> Tensor:
         """A split in the model's representation with *fixed* binarisation/dequantisation noise, so
@@ -267,7 +348,8 @@ class ZooDataModule(pl.LightningDataModule, abc.ABC):
     def spec(self) -> DataSpec:
         shape = tuple(self.raw["train"].shape[1:])
         levels = self.num_levels if self.representation != "continuous" else None
-        return DataSpec(self.name, shape, self.representation, levels, self.extras())
+        return DataSpec(self.name, shape, self.representation, levels, self.extras(),
+                        num_classes=self.class_count(), conditional=self.conditional)
 
     def _with_fixed_noise(self, x: Tensor, seed: int) -> Tensor:
         """``x`` in the representation, its noise drawn from a generator seeded ``seed``."""
@@ -305,7 +387,8 @@ class ZooDataModule(pl.LightningDataModule, abc.ABC):
         if fit_loop is not None:
             # Lightning draws the first batch before it calls set_epoch: start at the restored epoch.
             batches.set_epoch(fit_loop.epoch_progress.current.processed)
-        dataset = TrainDataset(self.raw["train"], self._noise(), self.seed, rank)
+        labels = self._labels["train"] if self.conditional else None
+        dataset = TrainDataset(self.raw["train"], self._noise(), self.seed, rank, labels)
         return ResumableLoader(dataset, batches, self._consumed_batches)
 
     def _consumed_batches(self) -> tuple[int, float]:
@@ -316,7 +399,7 @@ class ZooDataModule(pl.LightningDataModule, abc.ABC):
         return trainer.fit_loop.epoch_loop.batch_progress.current.ready, trainer.num_training_batches
 
     def _eval_dataloader(self, split: str) -> DataLoader:
-        dataset = BatchDataset(self.eval_data(split))
+        dataset = BatchDataset(self.eval_data(split), labels=self.eval_labels(split) if self.conditional else None)
         world, rank = self._world()
         sampler = StridedShardSampler(len(dataset), world, rank) if world > 1 else None
         return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, collate_fn=_batch_is_ready)

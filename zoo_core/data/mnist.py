@@ -202,15 +202,18 @@ def load_mnist_arrays(data_dir: str | os.PathLike | None = None) -> dict[str, np
 class MNISTDataModule(ZooDataModule):
     """MNIST 28x28: train = first 50,000 training images, val = last 10,000, test = t10k; (N, 1, 28, 28).
 
-    ``self.labels`` holds the labels of each split (int64) once the data are loaded."""
+    Labels 0..9 (``eval_labels(split)``; ``self.labels`` too once the data are loaded), the context
+    of conditional models with ``conditional=True``."""
 
     name = "mnist"
     representations = ("binarized", "dequantized")
     num_levels = 256
     event_shape = (1, 28, 28)
+    labelled = True
+    num_classes = 10
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, conditional: bool = False, **kwargs):
+        super().__init__(conditional=conditional, **kwargs)
         self.labels: dict[str, Tensor] = {}
 
     def prepare_data(self) -> None:
@@ -225,5 +228,5 @@ class MNISTDataModule(ZooDataModule):
         self.labels = {"train": train_y[:N_TRAIN], "val": train_y[N_TRAIN:], "test": test_y}
         splits = {"train": train[:N_TRAIN], "val": train[N_TRAIN:], "test": test}
         if self.representation == "binarized":
-            return {k: v.float().div_(self.num_levels - 1) for k, v in splits.items()}  # intensities in [0, 1]
-        return splits  # integer levels 0..255 (uint8)
+            splits = {k: v.float().div_(self.num_levels - 1) for k, v in splits.items()}  # intensities in [0, 1]
+        return {k: (v, self.labels[k]) for k, v in splits.items()}  # integer levels 0..255 (uint8) when dequantized

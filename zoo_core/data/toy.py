@@ -29,8 +29,9 @@ class ToyDataModule(ZooDataModule):
     num_levels = None
     event_shape = (2,)
 
-    def __init__(self, n_train: int = 20000, n_val: int = 5000, n_test: int = 5000, **base_kwargs):
-        super().__init__(**base_kwargs)
+    def __init__(self, n_train: int = 20000, n_val: int = 5000, n_test: int = 5000, conditional: bool = False,
+                 **base_kwargs):
+        super().__init__(conditional=conditional, **base_kwargs)  # no labels: conditional=True is refused
         self.sizes = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
 
     @abc.abstractmethod

@@ -5,7 +5,9 @@ Converge to a Local Nash Equilibrium") compares Gaussians fitted to Inception-v3
 and generated images. Inception-v3 knows nothing of 8x8 digits or binarised MNIST and cannot be
 downloaded here, so, as is common for MNIST, the zoo trains its own classifier once per image
 dataset and representation and uses its penultimate layer as the feature space (for the Fréchet
-distance and for precision/recall).
+distance and for precision/recall). Image datasets without a recipe here (CIFAR-10, the user's
+arrays and image folders) use label-free random-CNN features instead
+(``zoo_core.metrics.random_features``); the metrics' results name the space they used.
 
 - ``digits`` (8x8): an MLP 64-256-64-11, 200 epochs on the digits training split of seed 0
   (the split ``DigitsDataModule(seed=0)`` makes; runs with another seed evaluate on test digits

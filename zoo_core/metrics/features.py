@@ -11,8 +11,10 @@ model's samples and the feature space they are compared in.
   made once per model state and shared by the metrics of one evaluation (every rank draws the
   same ones).
 - Feature space: for image datasets with a classifier recipe (digits, mnist) the penultimate layer
-  of the zoo's classifier (see ``zoo_core.metrics.classifier``); for other data (the 2-D toy sets)
-  the data space itself.
+  of the zoo's classifier (see ``zoo_core.metrics.classifier``); for every other image dataset
+  (CIFAR-10, the user's arrays and image folders) the features of a fixed, seeded, untrained CNN
+  (label-free; ``zoo_core.metrics.random_features``); for other data (2-D toy sets, vectors) the data
+  space itself. The results name the space used (``fd_feature_extractor``, ``pr_space``).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 from zoo_core.errors import ZooError
 from zoo_core.metrics.base import Metric
 from zoo_core.metrics.classifier import FeatureExtractor, broadcast_weights, get_feature_extractor, has_classifier
+from zoo_core.metrics.random_features import RandomConvFeatures
 
 log = logging.getLogger("zoo")
 
@@ -97,13 +100,32 @@ def model_samples(model, n: int) -> Tensor:
 
 
 def uses_classifier(model) -> bool:
-    return bool(model.data_spec.is_image)
+    """Whether ``model``'s data are compared in the zoo's trained classifier features (digits, mnist)."""
+    spec = model.data_spec
+    return bool(spec.is_image) and has_classifier(spec.name)
+
+
+def uses_random_features(model) -> bool:
+    """Whether ``model``'s data are images without a classifier recipe (compared in random-CNN features)."""
+    spec = model.data_spec
+    return bool(spec.is_image) and not has_classifier(spec.name)
 
 
 def applies(model) -> bool:
-    """Image datasets with a classifier recipe, or non-image data (compared in data space)."""
+    """Every dataset: classifier features, random-CNN features or the data space."""
+    return True
+
+
+_RANDOM: dict[tuple, RandomConvFeatures] = {}
+
+
+def random_features_for(model) -> RandomConvFeatures:
+    """The fixed random CNN for ``model``'s image shape (built once per shape: same weights everywhere)."""
     spec = model.data_spec
-    return has_classifier(spec.name) if spec.is_image else True
+    key = (spec.name, tuple(spec.event_shape))
+    if key not in _RANDOM:
+        _RANDOM[key] = RandomConvFeatures(spec.event_shape, spec.name)
+    return _RANDOM[key]
 
 
 def data_dir_of(model):
@@ -134,6 +156,8 @@ class Flatten(nn.Module):
 def feature_module(model) -> nn.Module:
     """The feature map for ``model``'s data: the classifier (rank 0's weights on every DDP rank) or Flatten.
     Raises ZooError when the classifier can be neither loaded nor trained (e.g. an unwritable cache)."""
+    if uses_random_features(model):
+        return random_features_for(model)  # seeded: identical on every rank without a broadcast
     extractor = extractor_for(model)
     if extractor is None:
         return Flatten(model.data_spec.dims)
@@ -142,7 +166,10 @@ def feature_module(model) -> nn.Module:
 
 
 def space_description(model) -> str:
-    """What the features are, e.g. 'data space (2-D)' or the classifier, its feature dim and accuracy."""
+    """What the features are, e.g. 'data space (2-D)', the classifier (its feature dim and accuracy) or
+    the random CNN."""
+    if uses_random_features(model):
+        return random_features_for(model).describe()
     if not uses_classifier(model):
         return f"data space ({model.data_spec.dims}-D)"
     try:
@@ -176,7 +203,7 @@ class SampleMetric(Metric):
 
 class FeatureSampleMetric(SampleMetric):
     """A sample metric computed in ``feature_module``'s space: the zoo classifier's features for
-    images, the data space for other data."""
+    digits and MNIST, random-CNN features for other images, the data space for other data."""
 
     #: the result key that says where the metric was computed (set by subclasses)
     space_key: str = ""
