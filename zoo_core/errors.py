@@ -69,3 +69,8 @@ class InterfaceError(PluginError):
 
 class ContextError(ZooError, ValueError):
     """A context (class labels) was given to an unconditional model, or has the wrong shape or values."""
+
+
+class MetricError(ZooError):
+    """A metric cannot report a meaningful value (e.g. a NaN log-likelihood, or a negative NLL of
+    discrete data); the message names the family and what was measured."""

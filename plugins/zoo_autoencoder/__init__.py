@@ -8,7 +8,7 @@ from zoo_core.plugins import Lazy
 __version__ = "0.1.0"
 __all__ = ["Autoencoder", "register_families"]
 
-FAMILY = Lazy("zoo_autoencoder.model:Autoencoder", family="autoencoder", likelihood="none",
+FAMILY = Lazy("zoo_autoencoder.model:Autoencoder", family="autoencoder", likelihood="none", conditional=True,
               summary="Deterministic autoencoder + latent Gaussian mixture (ex-post density estimation).")
 
 

@@ -8,7 +8,7 @@ from zoo_core.plugins import Lazy
 __version__ = "0.1.0"
 __all__ = ["Autoregressive", "register_families"]
 
-FAMILY = Lazy("zoo_autoregressive.model:Autoregressive", family="autoregressive", likelihood="exact",
+FAMILY = Lazy("zoo_autoregressive.model:Autoregressive", family="autoregressive", likelihood="exact", conditional=True,
               summary="MADE (Germain et al. 2015) or PixelCNN (van den Oord et al. 2016): an exact likelihood.")
 
 

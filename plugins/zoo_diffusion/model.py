@@ -222,6 +222,7 @@ class DDPM(GenerativeModel):
 
     family = "diffusion"
     likelihood = "bound"
+    representations = ("continuous", "dequantized")  # Gaussian noise on real or many-level data
 
     def __init__(
         self,

@@ -8,7 +8,7 @@ from zoo_core.plugins import Lazy
 __version__ = "0.1.0"
 __all__ = ["GAN", "register_families"]
 
-FAMILY = Lazy("zoo_gan.model:GAN", family="gan", likelihood="none",
+FAMILY = Lazy("zoo_gan.model:GAN", family="gan", likelihood="none", conditional=True,
               summary="Generative adversarial network (Goodfellow et al. 2014): MLP or DCGAN nets, no likelihood.")
 
 

@@ -8,7 +8,7 @@ from zoo_core.plugins import Lazy
 __version__ = "0.1.0"
 __all__ = ["GMM", "register_families"]
 
-FAMILY = Lazy("zoo_gmm.model:GMM", family="gmm", likelihood="exact",
+FAMILY = Lazy("zoo_gmm.model:GMM", family="gmm", likelihood="exact", conditional=True,
               summary="Gaussian mixture (full or diagonal covariances), maximum likelihood.")
 
 

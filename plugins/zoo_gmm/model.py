@@ -49,6 +49,7 @@ class GMM(GenerativeModel):
     family = "gmm"
     likelihood = "exact"
     conditional = True
+    representations = ("continuous", "dequantized")  # a density: not for binarised pixels
 
     def __init__(self, data: dict, optim: dict | None = None, n_components: int = 8,
                  covariance: str = "full", reg_covar: float = 1e-6, init_seed: int = 0,

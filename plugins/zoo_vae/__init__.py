@@ -8,7 +8,7 @@ from zoo_core.plugins import Lazy
 __version__ = "0.1.0"
 __all__ = ["VAE", "register_families"]
 
-FAMILY = Lazy("zoo_vae.model:VAE", family="vae", likelihood="bound",
+FAMILY = Lazy("zoo_vae.model:VAE", family="vae", likelihood="bound", conditional=True,
               summary="Gaussian-latent VAE (Kingma & Welling 2014) evaluated with the IWAE bound (Burda et al. 2015).")
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from zoo_core.errors import MetricError
 from zoo_core.metrics.base import Metric, all_reduce_sum
 
 
@@ -44,18 +45,28 @@ class NLL(Metric):
         return text
 
     def reset(self) -> None:
-        self._sums = torch.zeros(3, dtype=torch.float64)  # [sum nll, sum nll^2, count]
+        self._sums = torch.zeros(4, dtype=torch.float64)  # [sum nll, sum nll^2, count, non-finite count]
 
     def update(self, model, x: Tensor, context: Tensor | None = None) -> None:
         log_prob = model.log_prob(x, context)  # shape-checked: a wrong shape must not be averaged silently
-        nll = -(log_prob.double() + model.data_spec.log_prob_offset)  # (batch,)
-        batch = torch.stack([nll.sum(), (nll ** 2).sum(), torch.tensor(float(len(nll)), dtype=torch.float64,
-                                                                         device=nll.device)])
+        nll = -(log_prob.detach().double() + model.data_spec.log_prob_offset)  # (batch,)
+        finite = torch.isfinite(nll)
+        nll = torch.where(finite, nll, torch.zeros_like(nll))
+        batch = torch.stack([nll.sum(), (nll ** 2).sum(), finite.sum().double(), (~finite).sum().double()])
         self._sums = self._sums.to(nll.device) + batch
 
     def compute(self, model) -> dict[str, Any]:
-        total, total_sq, count = all_reduce_sum(self._sums).tolist()
+        total, total_sq, count, bad = all_reduce_sum(self._sums).tolist()
+        if bad:
+            raise MetricError(f"family '{model.family}': log_prob was NaN or infinite for {int(bad)} of "
+                              f"{int(count + bad)} examples; no NLL is reported")
         mean = total / count
+        spec = model.data_spec
+        if spec.representation != "continuous" and mean < 0:
+            raise MetricError(f"family '{model.family}': NLL {mean:.4g} nats on {spec.representation} data is "
+                              f"negative, impossible for a probability of discrete data: the model's "
+                              f"log_prob is not a normalised density of its {spec.representation} "
+                              f"representation")
         var = max(total_sq / count - mean ** 2, 0.0)
         return {
             "nll_nats": mean,

@@ -6,6 +6,17 @@ from typing import Any
 from zoo_core.errors import ConfigError
 
 
+#: the entry's data settings that still apply when the data is given in memory (``data=``)
+IN_MEMORY_SETTINGS = ("conditional", "levels", "split")
+
+
+def in_memory_config(config: dict) -> dict:
+    """The run configuration of a run on in-memory data: the built-in ``array`` dataset (without a
+    file: evaluating such a run again needs the data passed again)."""
+    kept = {k: v for k, v in config["data"].items() if k in IN_MEMORY_SETTINGS}
+    return {**config, "data": {"name": "array", "representation": config["data"]["representation"], **kept}}
+
+
 def build_datamodule(zoo, config: dict, data_dir: str | None = None, data: Any = None):
     """The entry's datamodule; with ``data`` (in-memory tensor/array, or (x, labels)) the built-in
     ``array`` dataset over it, with the entry's representation, batch sizes and seed."""
@@ -18,8 +29,9 @@ def build_datamodule(zoo, config: dict, data_dir: str | None = None, data: Any =
         settings.pop("conditional")  # only datasets with labels know the key
     try:
         if data is not None:
-            settings.pop("path", None)
-            return zoo.dataset("array").from_array(data, **kwargs, **settings)
+            x, y = data if isinstance(data, (tuple, list)) and len(data) == 2 else (data, None)
+            keep = {k: v for k, v in settings.items() if k in IN_MEMORY_SETTINGS}
+            return zoo.dataset("array").from_array(x, y, **kwargs, **keep)
         return zoo.dataset(name)(**kwargs, **settings)
     except TypeError as exc:
         raise ConfigError(f"entry '{config['entry']}': bad data settings ({exc})") from None
