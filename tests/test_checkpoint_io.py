@@ -1,6 +1,8 @@
 """Atomic checkpoint writes, a full disk while writing a run directory, corrupted checkpoints."""
 import errno
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,16 +36,18 @@ def run_dir(trained, tmp_path):
 
 
 def _half_then_enospc(real, fail_on):
-    """A _write_file that, for a file named ``fail_on``, writes half the bytes and then hits a full disk."""
+    """A _write_fd (write_atomic writes its temporary file through it) that, for a temporary file
+    whose path satisfies ``fail_on``, writes half the bytes and then hits a full disk."""
     calls = {"n": 0}
 
-    def write(path, data):
+    def write(fd, data):
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))  # the temporary file write_atomic created
         if fail_on(path):
             calls["n"] += 1
-            with open(path, "wb") as f:
+            with os.fdopen(fd, "wb") as f:
                 f.write(data[: len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        real(path, data)
+        real(fd, data)
     write.calls = calls
     return write
 
@@ -59,7 +63,7 @@ def test_crash_while_saving_leaves_previous_checkpoint_intact(run_dir, monkeypat
     before = last.read_bytes()
     checkpoint = read_checkpoint(last)
     checkpoint["global_step"] = 999
-    monkeypatch.setattr(cio, "_write_file", _half_then_enospc(cio._write_file, lambda p: True))
+    monkeypatch.setattr(cio, "_write_fd", _half_then_enospc(cio._write_fd, lambda p: True))
     with pytest.raises(RunDirWriteError, match=r"cannot write .*last\.ckpt: No space left on device \(ENOSPC\)"):
         AtomicCheckpointIO().save_checkpoint(checkpoint, last)
     assert last.read_bytes() == before  # untouched, and still loadable
@@ -85,7 +89,7 @@ def test_full_disk_during_training_is_one_line_and_keeps_last_checkpoint(tmp_pat
             seen["last"] += 1
             return seen["last"] == 2
         return False
-    monkeypatch.setattr(cio, "_write_file", _half_then_enospc(cio._write_file, second_last))
+    monkeypatch.setattr(cio, "_write_fd", _half_then_enospc(cio._write_fd, second_last))
     assert main(["train", "gmm-moons", "--max-epochs", "3", "--runs-dir", str(runs), *TINY]) == 1
     err = _one_line(capsys)
     run_dir = runs / "gmm-moons" / "version_0"
@@ -103,7 +107,7 @@ def test_full_disk_writing_run_files_is_one_line(run_dir, monkeypatch, capsys, n
     last.ckpt survive."""
     target = run_dir / name
     before = target.read_bytes()
-    monkeypatch.setattr(cio, "_write_file", _half_then_enospc(cio._write_file, lambda p: p.name.startswith(f".{name}")))
+    monkeypatch.setattr(cio, "_write_fd", _half_then_enospc(cio._write_fd, lambda p: p.name.startswith(f".{name}")))
     code = main(["train", "gmm-moons", "--resume", str(run_dir), "--max-epochs", "3", *TINY[-3:]])
     err = _one_line(capsys)
     assert code == 1 and f"cannot write {target}: No space left on device" in err, err

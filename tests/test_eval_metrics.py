@@ -18,7 +18,6 @@ from zoo_core.metrics.nll import NLL
 from zoo_core.metrics.precision_recall import K, PrecisionRecall, knn_radii, precision_recall
 from zoo_core.metrics.reconstruction import Reconstruction
 from zoo_core.model import GenerativeModel
-from zoo_core.plugins import get_plugins
 
 
 def gaussians(n, d, seed, mean=0.0, std=1.0):
@@ -270,13 +269,14 @@ def test_digits_frechet_and_precision_recall_separate_digits_from_non_digits(rep
 
 # ---- reconstruction ------------------------------------------------------------------------------
 def _entry_model(entry, **overrides):
-    from zoo_core.registry import Registry
+    from zoo_core.api import default_zoo
     from zoo_core.runner import build_datamodule, build_model
 
-    config = Registry().resolve(entry, [f"{k}={v}" for k, v in overrides.items()])
-    dm = build_datamodule(config)
+    zoo = default_zoo()
+    config = zoo.resolve(entry, [f"{k}={v}" for k, v in overrides.items()])
+    dm = build_datamodule(zoo, config)
     torch.manual_seed(0)
-    return dm, build_model(config, dm).eval()
+    return dm, build_model(zoo, config, dm).eval()
 
 
 def test_reconstruction_of_the_autoencoder_equals_its_own_bernoulli_loss():
@@ -304,8 +304,8 @@ def test_reconstruction_of_the_vae_uses_the_encoder_mean_and_a_perfect_reconstru
     assert out["reconstruction_mse"] == 0.0 and out["reconstruction_bce_nats"] < 64 * 1.1e-7
 
 
-def test_reconstruction_applies_only_to_families_that_reconstruct():
-    families = get_plugins().families
+def test_reconstruction_applies_only_to_families_that_reconstruct(zoo):
+    families = zoo.plugins.families
     applies = {name for name, reg in families.items()
                if Reconstruction().applies_to(reg.obj.__new__(reg.obj))}
     assert {"vae", "autoencoder"} <= applies and not applies & {"gmm", "gan", "flow", "diffusion"}
@@ -350,25 +350,25 @@ def test_no_gap_without_a_known_entropy():
 
 
 # ---- descriptions, help and the runner ---------------------------------------------------------------
-def test_eval_help_lists_every_registered_metric_with_its_summary(capsys):
+def test_eval_help_lists_every_registered_metric_with_its_summary(capsys, zoo):
     from zoo_core.cli import main
 
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for name, reg in get_plugins().metrics.items():
+    for name, reg in zoo.plugins.metrics.items():
         assert name in text and " ".join(reg.obj.summary.split()[:6]) in text, name
 
 
-def test_every_builtin_metric_has_a_summary():
+def test_every_builtin_metric_has_a_summary(zoo):
     for name in ("nll", "sample_quality", "frechet", "precision_recall", "reconstruction"):
-        assert get_plugins().metric(name).summary, name
+        assert zoo.metric(name).summary, name
 
 
-def test_training_on_digits_reports_every_default_metric(tmp_path):
+def test_training_on_digits_reports_every_default_metric(tmp_path, zoo):
     from zoo_core.runner import RunOptions, train
 
-    metrics = train("autoencoder-digits", RunOptions(
+    metrics = train(zoo, "autoencoder-digits", RunOptions(
         max_steps=5, runs_dir=str(tmp_path), progress=False, accelerator="cpu",
         overrides=["eval.quality_samples=100", "eval.num_samples=4"]))
     test = metrics["test"]
@@ -381,13 +381,13 @@ def test_training_on_digits_reports_every_default_metric(tmp_path):
     assert "test accuracy" in saved["metric_descriptions"]["frechet"]
 
 
-def test_two_process_eval_gives_the_single_process_sample_metrics(tmp_path):
+def test_two_process_eval_gives_the_single_process_sample_metrics(tmp_path, zoo):
     """DDP: held-out data gathered in split order, seeded samples, rank 0's classifier -> same values."""
     from zoo_core.runner import RunOptions, train
 
-    single = train("gmm-digits", RunOptions(max_steps=3, runs_dir=str(tmp_path), progress=False, accelerator="cpu",
-                                            overrides=["eval.quality_samples=100", "eval.num_samples=4",
-                                                       "eval.metrics=[frechet,precision_recall]"]))["test"]
+    single = train(zoo, "gmm-digits", RunOptions(
+        max_steps=3, runs_dir=str(tmp_path), progress=False, accelerator="cpu",
+        overrides=["eval.quality_samples=100", "eval.num_samples=4", "eval.metrics=[frechet,precision_recall]"]))["test"]
     single_run = tmp_path / "gmm-digits" / "version_0"
     two = run_zoo("eval", single_run, "--accelerator", "cpu", "--devices", "2", "--no-progress")
     assert two.returncode == 0, two.stderr[-2000:]

@@ -7,6 +7,7 @@ import pytest
 from conftest import run_zoo, zoo_env
 from zoo_core.hookspecs import hookimpl
 from zoo_core.plugins import ZooPlugins
+from zoo_core.zoo import Zoo
 
 
 def make_dist(site, dist, module, source):
@@ -107,7 +108,7 @@ def test_plugin_registry_entries_are_validated_like_the_file():
         register("gmm-wrong", {"family": "gmm", "data": {"name": "moons"}, "model": {"components": 2}})
 
     plugins = ZooPlugins(extra_plugins={"entries": _module("entries", register_entries=register_entries)})
-    registry = Registry(plugins=plugins)
+    registry = Registry([], plugins)
     assert registry.resolve("gmm-tiny")["model"]["n_components"] == 2
     with pytest.raises(ConfigError, match=r"plugin 'entries': entry 'gmm-wrong': unknown key 'model.components'"):
         registry.resolve("gmm-wrong")
@@ -203,35 +204,35 @@ def bad_shapes_site(tmp_path_factory):
 
 
 @pytest.fixture
-def bad_shapes_plugins(monkeypatch):
-    """The bad-shapes plugin registered in-process as the process-wide catalogue."""
-    from zoo_core import plugins as plugins_module
-
+def bad_shapes_zoo():
+    """A Zoo with the bad-shapes plugin registered in-process beside the installed ones."""
     module = types.ModuleType("bad_shapes_plugin")
     exec(compile(BAD_SHAPES_SOURCE, "bad_shapes_plugin.py", "exec"), module.__dict__)
-    catalogue = ZooPlugins(extra_plugins={"bad_shapes_plugin": module})
-    monkeypatch.setattr(plugins_module, "_PLUGINS", catalogue)
-    return catalogue
+    return Zoo(extra_plugins={"bad_shapes_plugin": module})
 
 
-@pytest.mark.parametrize("family, expected", [
-    ("bad_column", r"log_prob returned shape \(200, 1\) for data of shape \(200, 2\); expected \(200,\)"),
-    ("bad_scalar", r"log_prob returned shape \(\) for data of shape \(200, 2\); expected \(200,\)"),
-    ("bad_sample", r"sample\(\(50,\)\) returned shape \(100,\); expected \(50, 2\)"),
+@pytest.mark.parametrize("family, cls, expected", [
+    ("bad_column", "ColumnLogProb",
+     r"log_prob returned shape \(200, 1\) for data of shape \(200, 2\); expected \(200,\)"),
+    ("bad_scalar", "ScalarLogProb",
+     r"log_prob returned shape \(\) for data of shape \(200, 2\); expected \(200,\)"),
+    ("bad_sample", "FlatSamples", r"sample\(\(50,\)\) returned shape \(100,\); expected \(50, 2\)"),
 ])
-def test_interface_violation_is_named_when_trained(bad_shapes_plugins, tmp_path, family, expected):
-    """Training validates log_prob (validation step) and evaluation validates samples (sample quality)."""
-    from zoo_core.errors import PluginError
+def test_interface_violation_is_named_when_trained(bad_shapes_zoo, tmp_path, family, cls, expected):
+    """Training validates log_prob (validation step) and evaluation validates samples (sample quality).
+    The runner's error names the class and family; the CLI adds the plugin and its distribution
+    (test_interface_violation_through_the_cli)."""
+    from zoo_core.errors import InterfaceError, PluginError
     from zoo_core.runner import RunOptions, train
 
-    assert not bad_shapes_plugins.problems()
+    assert not bad_shapes_zoo.problems()
     opts = RunOptions(runs_dir=str(tmp_path), progress=False, accelerator="cpu")
-    with pytest.raises(PluginError, match=rf"^plugin 'bad_shapes_plugin', family '{family}': {expected}") as info:
-        train(f"{family}-moons", opts)
-    assert "\n" not in str(info.value)
+    with pytest.raises(InterfaceError, match=rf"^class bad_shapes_plugin\.{cls}, family '{family}': {expected}") as info:
+        train(bad_shapes_zoo, f"{family}-moons", opts)
+    assert isinstance(info.value, PluginError) and "\n" not in str(info.value)
 
 
-def test_interface_violation_in_the_nll_metric(bad_shapes_plugins):
+def test_interface_violation_in_the_nll_metric(bad_shapes_zoo):
     """The NLL metric refuses a (batch, 1) log_prob instead of averaging it (the test loop's boundary)."""
     import torch
 
@@ -239,12 +240,12 @@ def test_interface_violation_in_the_nll_metric(bad_shapes_plugins):
     from zoo_core.metrics.nll import NLL
 
     spec = {"name": "moons", "event_shape": [2], "representation": "continuous"}
-    good = bad_shapes_plugins.family("bad_sample")(spec)  # a correct log_prob
+    good = bad_shapes_zoo.family("bad_sample")(spec)  # a correct log_prob
     metric = NLL()
     metric.reset()
     metric.update(good, torch.zeros(7, 2))
     assert metric.compute(good)["num_examples"] == 7
-    bad = bad_shapes_plugins.family("bad_column")(spec)
+    bad = bad_shapes_zoo.family("bad_column")(spec)
     with pytest.raises(PluginError, match=r"family 'bad_column': log_prob returned shape \(7, 1\)"):
         metric.update(bad, torch.zeros(7, 2))
 
@@ -264,15 +265,15 @@ def test_interface_violation_through_the_cli(bad_shapes_site):
     lines = [l for l in result.stderr.splitlines() if l.startswith("zoo: ")]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("zoo: error: plugin 'bad_shapes_plugin' (distribution zoo-bad-shapes 0.3.0), "
-                               "family 'bad_column': log_prob returned shape (200, 1)"), lines[0]
+                               "class bad_shapes_plugin.ColumnLogProb, family 'bad_column': log_prob returned shape (200, 1)"), lines[0]
 
 
-def test_other_families_train_beside_a_bad_plugin(bad_shapes_plugins, tmp_path):
+def test_other_families_train_beside_a_bad_plugin(bad_shapes_zoo, tmp_path):
     from zoo_core.runner import RunOptions, train
 
     opts = RunOptions(runs_dir=str(tmp_path), progress=False, accelerator="cpu", max_steps=2,
                       overrides=["data.n_train=400", "data.n_val=200", "data.n_test=200", "eval.quality_samples=50"])
-    metrics = train("gmm-moons", opts)
+    metrics = train(bad_shapes_zoo, "gmm-moons", opts)
     assert metrics["steps"] == 2 and metrics["test"]["num_examples"] == 200
 
 
@@ -303,7 +304,7 @@ def test_valid_duplicates_of_every_kind_never_replace_builtins():
     assert plugins.families["gmm"].obj is GMM
     assert plugins.datasets["moons"].obj is MoonsDataModule
     assert plugins.metrics["nll"].obj is NLL
-    assert Registry(plugins=plugins).resolve("gmm-moons")["data"]["name"] == "moons"
+    assert Registry([], plugins).resolve("gmm-moons")["data"]["name"] == "moons"
     problems = "\n".join(plugins.problems())
     for kind, name, owner in (("family", "gmm", "gmm"), ("dataset", "moons", "core"), ("metric", "nll", "core")):
         assert f"plugin 'aaa_first': register_{'families' if kind == 'family' else kind + 's'}: {kind} '{name}' " \

@@ -18,7 +18,7 @@ import copy
 import pytest
 import torch
 
-from zoo_core.registry import Registry
+from zoo_core.api import default_zoo
 from zoo_core.runner import build_datamodule, build_model
 
 # entry -> (overrides that make it small, relative tolerance, the reason for that tolerance).
@@ -40,10 +40,11 @@ CASES = {
 
 
 def _trained(entry: str, overrides: list[str]):
-    config = Registry().resolve(entry, [*overrides, "train.batch_size=128"])
+    zoo = default_zoo()
+    config = zoo.resolve(entry, [*overrides, "train.batch_size=128"])
     torch.manual_seed(0)
-    datamodule = build_datamodule(config)
-    model = build_model(config, datamodule)
+    datamodule = build_datamodule(zoo, config)
+    model = build_model(zoo, config, datamodule)
     model.init_from_data(datamodule.init_batch())
     optimiser = torch.optim.Adam(model.parameters(), lr=float(config["optim"]["lr"]))
     train, noise = datamodule.raw["train"], datamodule._noise()

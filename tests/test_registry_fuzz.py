@@ -17,9 +17,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from zoo_core.api import default_zoo
 from zoo_core.errors import ZooError
-from zoo_core.plugins import get_plugins
 from zoo_core.registry import Registry, apply_override, load_yaml, resolve_entry
+
+ZOO = default_zoo()
 
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -96,14 +98,14 @@ def _accepted_is_stable(name: str, config: dict) -> None:
     text = yaml.safe_dump(config, sort_keys=False)
     saved = load_yaml(text)
     body = {k: v for k, v in saved.items() if k not in ("entry", "source")}
-    again = resolve_entry(name, body, f"{config['source']}: entry '{name}'", config["source"], get_plugins())
+    again = resolve_entry(name, body, f"{config['source']}: entry '{name}'", config["source"], ZOO.plugins)
     assert again == saved
 
 
 def _resolve_all(path, text: str, overrides=()) -> None:
     path.write_text(text)
     try:
-        registry = Registry([path], include_builtin=False)  # the built-in file is not under test (and slow to parse)
+        registry = Registry([path], ZOO.plugins, include_builtin=False)  # the built-in file is not under test (and slow to parse)
     except ZooError as exc:
         _one_line(exc)
         return
@@ -157,7 +159,7 @@ def test_apply_override_alone(body, item):
 def test_the_base_entry_is_valid(registry_file):
     """The properties above must exercise acceptance too, not only rejection."""
     registry_file.write_text(yaml.safe_dump({"fuzz-entry": BASE}))
-    config = Registry([registry_file]).resolve("fuzz-entry", ["train.seed=3", "optim.lr=1e-3"])
+    config = ZOO.with_registry([registry_file]).resolve("fuzz-entry", ["train.seed=3", "optim.lr=1e-3"])
     assert config["train"]["seed"] == 3 and config["optim"]["lr"] == 1e-3
     _accepted_is_stable("fuzz-entry", config)
 
@@ -168,13 +170,19 @@ def test_the_base_entry_is_valid(registry_file):
 def test_non_finite_numbers_are_refused(override):
     """NaN passed every 'v < minimum' test (all comparisons with NaN are false) and was accepted."""
     with pytest.raises(ZooError, match=r"expected a (finite number|fraction)"):
-        Registry().resolve("gmm-moons", [override])
+        ZOO.resolve("gmm-moons", [override])
 
 
 def test_control_characters_never_break_the_line(registry_file):
     """A newline in a --set value or a carriage return in an entry name used to split the error."""
     registry_file.write_text(yaml.safe_dump({"bad\rname": {"family": "gmm"}, "ok": BASE}))
-    registry = Registry([registry_file])
+    # an entry name that is not a valid name refuses the whole file, on one line
+    with pytest.raises(ZooError, match=r"entry name must be") as info:
+        ZOO.with_registry([registry_file]).registry
+    _one_line(info.value)
+    assert "\\r" in str(info.value)
+    registry_file.write_text(yaml.safe_dump({"ok": BASE}))
+    registry = ZOO.with_registry([registry_file]).registry
     for name, overrides in (("bad\rname", []), ("ok", ["bogus=null\n..."]), ("ok", ["train.seed=\n\n1.5"])):
         with pytest.raises(ZooError) as info:
             registry.resolve(name, overrides)

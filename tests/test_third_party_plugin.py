@@ -81,8 +81,8 @@ def test_system_python_does_not_see_the_plugin(venv):
     if venv["seen_before"]:
         pytest.skip(f"{DIST} is installed in this interpreter's own environment; isolation cannot be checked")
     assert not _system_sees_plugin(), "installing into the venv leaked the plugin into the system environment"
-    from zoo_core.plugins import ZooPlugins
+    from zoo_core.zoo import Zoo
 
-    plugins = ZooPlugins()  # a fresh catalogue: re-reads the entry points
+    plugins = Zoo().plugins  # a fresh catalogue: re-reads the entry points
     assert FAMILY not in plugins.families and not set(ENTRIES) & set(plugins.entries)
     assert {"gmm", "vae"} <= set(plugins.families)
