@@ -9,7 +9,7 @@ from zoo_core.plugins import Lazy
 __version__ = "0.1.0"
 __all__ = ["DDPM", "register_families", "register_metrics"]
 
-FAMILY = Lazy("zoo_diffusion.model:DDPM", family="diffusion", likelihood="bound",
+FAMILY = Lazy("zoo_diffusion.model:DDPM", family="diffusion", likelihood="bound", conditional=True,
               summary="Denoising diffusion probabilistic model (Ho et al. 2020) with its ELBO as log_prob.")
 ODE_NLL = Lazy("zoo_diffusion.ode_nll:ODENLL",
                keys=["ode_nll_nats", "ode_nll_stderr", "ode_nll_probe_stderr", "ode_bits_per_dim", "ode_likelihood"])

@@ -218,10 +218,18 @@ class DDPM(GenerativeModel):
             ``ode_log_prob`` integrates the probability-flow ODE (see ``zoo_core.ode``; the registry's
             ``eval.ode_*`` keys override them at evaluation); ode_t_min: its data end s_min in (0, 1)
             (None: 1/T).
+        cond_drop, guidance: for class-conditional data (``data.conditional: true``), classifier-free
+            guidance (Ho & Salimans 2022): a class embedding (plus a "null" class) is added to the
+            time embedding; in training the label is replaced by the null class with probability
+            ``cond_drop``, so one network learns eps(x_t, y) and the unconditional eps(x_t); sampling
+            uses eps~ = (1 + w) eps(x_t, y) - w eps(x_t) with w = ``guidance`` (``zoo sample
+            --guidance W`` sets it). ``log_prob(x, y)`` is the bound on log p(x | y) at w = 0; without
+            a label, on the marginal model eps(x_t).
     """
 
     family = "diffusion"
     likelihood = "bound"
+    conditional = True  # class labels, through classifier-free guidance
     representations = ("continuous", "dequantized")  # Gaussian noise on real or many-level data
 
     def __init__(
@@ -253,6 +261,8 @@ class DDPM(GenerativeModel):
         ode_atol: float = 1e-5,
         ode_steps: int = 100,
         ode_t_min: float | None = None,
+        cond_drop: float = 0.1,
+        guidance: float = 0.0,
     ):
         # plain Python types: save_hyperparameters (in the base class) captures these locals
         network, schedule, variance, sampler = str(network), str(schedule), str(variance), str(sampler)
@@ -267,7 +277,11 @@ class DDPM(GenerativeModel):
         ode_trace, ode_probes, ode_probe_noise, ode_method = str(ode_trace), int(ode_probes), str(ode_probe_noise), str(ode_method)
         ode_rtol, ode_atol, ode_steps = float(ode_rtol), float(ode_atol), int(ode_steps)
         ode_t_min = None if ode_t_min is None else float(ode_t_min)
+        cond_drop, guidance = float(cond_drop), float(guidance)
         super().__init__(data, optim)
+        if not 0.0 <= cond_drop < 1.0:
+            raise ValueError(f"diffusion: cond_drop must be in [0, 1), got {cond_drop}")
+        self.cond_drop, self.guidance_scale = cond_drop, guidance
         spec = self.data_spec
         if spec.representation == "binarized":
             raise ValueError("diffusion: binarized data is not what DDPM models (it adds Gaussian noise to "
@@ -309,6 +323,9 @@ class DDPM(GenerativeModel):
             self.net = UNet(spec.event_shape[0], channels, blocks, time_embed_dim, dropout)
         else:
             self.net = TimeMLP(spec.dims, hidden, time_embed_dim, dropout)
+        if self.is_conditional:  # label embeddings, index num_classes = the null label; EMA'd with the net
+            self.net.class_embed = nn.Embedding(self.num_classes + 1, time_embed_dim)
+            nn.init.zeros_(self.net.class_embed.weight)
         self.ema_net = None
         if self.ema_decay is not None:
             self.ema_net = copy.deepcopy(self.net)
@@ -367,13 +384,28 @@ class DDPM(GenerativeModel):
         v = getattr(self, name)[t].to(like.dtype)
         return v.reshape(-1, *([1] * (like.dim() - 1)))
 
-    def eps(self, net: nn.Module, x_t: Tensor, t: Tensor) -> Tensor:
-        """eps_theta(x_t, t): x_t (N, *event), t (N,) integer timesteps in 1..T -> (N, *event)."""
+    def eps(self, net: nn.Module, x_t: Tensor, t: Tensor, labels: Tensor | None = None,
+            guidance: float = 0.0) -> Tensor:
+        """eps_theta(x_t, t[, y]): x_t (N, *event), t (N,) timesteps in 1..T, labels (N,) or None (the
+        null label of a conditional model) -> (N, *event). With ``guidance`` w != 0 and labels:
+        (1 + w) eps(x_t, y) - w eps(x_t) (Ho & Salimans 2022, eq. 6)."""
+        if not self.is_conditional:
+            return self._eps(net, x_t, t, None)
+        null = torch.full((len(x_t),), self.num_classes, dtype=torch.long, device=x_t.device)  # (N,)
+        if labels is None:
+            return self._eps(net, x_t, t, null)
+        conditional = self._eps(net, x_t, t, labels)
+        if guidance == 0.0:
+            return conditional
+        return (1 + guidance) * conditional - guidance * self._eps(net, x_t, t, null)
+
+    def _eps(self, net: nn.Module, x_t: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
         n = len(x_t)
         t_in = t.to(x_t.dtype) * (1000.0 / self.timesteps)
+        cond = net.class_embed(labels) if labels is not None else None  # (N, E)
         if self.network == "mlp":
-            return net(x_t.reshape(n, -1), t_in).reshape(x_t.shape)
-        return net(x_t, t_in)
+            return net(x_t.reshape(n, -1), t_in, cond).reshape(x_t.shape)
+        return net(x_t, t_in, cond)
 
     # ---- the forward process -------------------------------------------------------------------------
     def q_mean_var(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -398,12 +430,17 @@ class DDPM(GenerativeModel):
 
     # ---- training ----------------------------------------------------------------------------------
     def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """L_simple: mean squared error of the noise prediction at t ~ U{1..T}."""
+        """L_simple: mean squared error of the noise prediction at t ~ U{1..T}; a conditional model
+        sees the null label instead of y with probability ``cond_drop``."""
         self.validate_sample(x)
         x0 = self.to_model_space(x.reshape(-1, *self.event_shape))  # (N, *event)
         t = torch.randint(1, self.timesteps + 1, (len(x0),), device=x0.device)  # (N,)
         noise = torch.randn_like(x0)
-        pred = self.eps(self.net, self.q_sample(x0, t, noise), t)
+        labels = None
+        if context is not None:
+            labels = context.reshape(-1).clone()  # (N,)
+            labels[torch.rand(len(labels), device=labels.device) < self.cond_drop] = self.num_classes
+        pred = self.eps(self.net, self.q_sample(x0, t, noise), t, labels)
         return ((pred - noise) ** 2).mean()
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -418,10 +455,11 @@ class DDPM(GenerativeModel):
             for b_ema, b in zip(self.ema_net.buffers(), self.net.buffers()):
                 b_ema.copy_(b)
 
-    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        n = len(batch)
-        self.log("val/loss", self.loss(batch), on_epoch=True, sync_dist=True, batch_size=n)
-        nll = -(self.elbo(batch, self.val_bound_timesteps) + self.data_spec.log_prob_offset).mean()
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, context = self.split_batch(batch)
+        n = len(x)
+        self.log("val/loss", self.loss(x, context), on_epoch=True, sync_dist=True, batch_size=n)
+        nll = -(self.elbo(x, self.val_bound_timesteps, context=context) + self.data_spec.log_prob_offset).mean()
         self.log("val/nll", nll, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=n)
 
     # ---- the bound ------------------------------------------------------------------------------------
@@ -431,13 +469,13 @@ class DDPM(GenerativeModel):
         x0 = x0.double().reshape(len(x0), -1)
         return 0.5 * (ab * (x0**2 - 1) - torch.log1p(-ab)).sum(-1)
 
-    def kl_terms(self, x0: Tensor, t: Tensor, net: nn.Module | None = None) -> Tensor:
+    def kl_terms(self, x0: Tensor, t: Tensor, net: nn.Module | None = None, labels: Tensor | None = None) -> Tensor:
         """One-draw estimates of L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t >= 2:
         x0 (N, *event), t (N,) -> (N,) float64."""
         net = net if net is not None else self.denoiser
         noise = torch.randn_like(x0)
         x_t = self.q_sample(x0, t, noise)
-        eps = self.eps(net, x_t, t)
+        eps = self.eps(net, x_t, t, labels)
         if self.clip_denoised:  # mu~ - mu_theta = c_x0 (x0 - x0_theta)
             diff = self._coef("c_x0", t, x0) * (x0 - self.predict_x0(x_t, t, eps))
         else:  # the same, written through the noise (stable where alphabar_t is tiny)
@@ -447,12 +485,12 @@ class DDPM(GenerativeModel):
         sq = (diff.double() ** 2).reshape(len(x0), -1).sum(-1)  # (N,)
         return 0.5 * (D * (torch.log(sigma2 / post) + post / sigma2 - 1) + sq / sigma2)
 
-    def decoder_nll(self, x0: Tensor, net: nn.Module | None = None) -> Tensor:
+    def decoder_nll(self, x0: Tensor, net: nn.Module | None = None, labels: Tensor | None = None) -> Tensor:
         """L_0 = -log p(x_0 | x_1), x_1 ~ q(x_1 | x_0): (N, *event) -> (N,) float64."""
         net = net if net is not None else self.denoiser
         t = torch.ones(len(x0), dtype=torch.long, device=x0.device)
         x1 = self.q_sample(x0, t, torch.randn_like(x0))
-        mean = self.predict_x0(x1, t, self.eps(net, x1, t)).double()  # mu_theta(x_1, 1)
+        mean = self.predict_x0(x1, t, self.eps(net, x1, t, labels)).double()  # mu_theta(x_1, 1)
         sigma2 = self.sigma2[1]
         if not self.is_image:
             return -gaussian_log_prob(x0.double(), mean, torch.log(sigma2)).reshape(len(x0), -1).sum(-1)
@@ -487,20 +525,24 @@ class DDPM(GenerativeModel):
             edges.append(min(max(edges[-1] + 1, target), T + 1 - (K - k)))
         return edges + [T + 1]
 
-    def elbo(self, x: Tensor, num_timesteps: int | None = None, net: nn.Module | None = None) -> Tensor:
+    def elbo(self, x: Tensor, num_timesteps: int | None = None, net: nn.Module | None = None,
+             context: Tensor | None = None) -> Tensor:
         """(*batch, *event_shape) -> (*batch,): one draw of the ELBO estimator (see the module doc),
-        in the density of the model's representation (images: + D log L)."""
+        in the density of the model's representation (images: + D log L); with ``context`` (labels
+        (*batch,)) the bound on log p(x | y) at guidance 0."""
         batch_shape = self.validate_sample(x)
         x0 = self.to_model_space(x.reshape(-1, *self.event_shape))  # (N, *event)
         N = len(x0)
-        total = -(self.prior_kl(x0) + self.decoder_nll(x0, net))  # (N,) float64
+        labels = context.reshape(-1) if context is not None else None  # (N,)
+        total = -(self.prior_kl(x0) + self.decoder_nll(x0, net, labels))  # (N,) float64
         if self.timesteps >= 2 and N > 0:
             t, w = self.bound_strata(N, num_timesteps, x0.device)  # (N, K) each
             rows = torch.arange(N, device=x0.device).repeat_interleave(t.shape[1])  # (N K,)
             t, w = t.reshape(-1), w.reshape(-1)
             for start in range(0, len(rows), self.eval_chunk):
                 sl = slice(start, start + self.eval_chunk)
-                kl = self.kl_terms(x0[rows[sl]], t[sl], net)  # (chunk,)
+                kl = self.kl_terms(x0[rows[sl]], t[sl], net,
+                                   labels[rows[sl]] if labels is not None else None)  # (chunk,)
                 total = total.index_add(0, rows[sl], -w[sl] * kl)
         if self.is_image:
             total = total + self.data_spec.dims * math.log(self.num_levels)
@@ -508,7 +550,7 @@ class DDPM(GenerativeModel):
 
     def _log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """(*batch, *event_shape) -> (*batch,): the ELBO with ``bound_timesteps`` KL terms."""
-        return self.elbo(x, self.bound_timesteps)
+        return self.elbo(x, self.bound_timesteps, context=context)
 
     def likelihood_description(self) -> str:
         T, K = self.timesteps, self.bound_timesteps
@@ -590,7 +632,7 @@ class DDPM(GenerativeModel):
 
     @torch.no_grad()
     def denoise(self, x_T: Tensor, sampler: str | None = None, steps: int | None = -1,
-                eta: float | None = None) -> Tensor:
+                eta: float | None = None, labels: Tensor | None = None, guidance: float | None = None) -> Tensor:
         """Run the reverse process from x_T (N, *event) to x0_theta(x_1), the mean of the decoder
         p(x_0 | x_1) (for DDIM: its final prediction). Noise comes from torch's global generator,
         drawn only at steps that add noise (none at all for DDIM with eta = 0)."""
@@ -602,7 +644,7 @@ class DDPM(GenerativeModel):
         for i, t_int in enumerate(taus):
             prev = taus[i + 1] if i + 1 < len(taus) else 0
             t = torch.full((len(x),), t_int, dtype=torch.long, device=x.device)
-            eps = self.eps(net, x, t)
+            eps = self.eps(net, x, t, labels, self.guidance_scale if guidance is None else guidance)
             ab_t, ab_p = self.alphas_bar[t_int], self.alphas_bar[prev]
             x0 = self.predict_x0(x, t, eps)
             if self.clip_denoised:  # the noise that is consistent with the clipped x0
@@ -627,16 +669,17 @@ class DDPM(GenerativeModel):
         return x  # pragma: no cover - the loop always returns at t = 1
 
     @torch.no_grad()
-    def _generate(self, n: int) -> Tensor:
+    def _generate(self, n: int, labels: Tensor | None = None) -> Tensor:
         x_T = torch.randn(n, *self.event_shape, device=self.device, dtype=self.dtype)
-        return self.denoise(x_T)
+        return self.denoise(x_T, labels=labels)
 
     def _sample(self, sample_shape: torch.Size, context: Tensor | None = None) -> Tensor:
         """Draws in the data's representation: 2-D points, or dequantised images in [0, 1)."""
         shape = as_sample_shape(sample_shape)
         n = math.prod(shape)
         with torch.no_grad():
-            x0 = self._generate(n)  # (n, *event) decoder mean / DDIM output
+            labels = context.reshape(n) if context is not None else None  # (n,)
+            x0 = self._generate(n, labels)  # (n, *event) decoder mean / DDIM output
             if self.sampler == "ancestral":  # the decoder draw p(x_0 | x_1)
                 x0 = x0 + torch.sqrt(self.sigma2[1]).to(x0.dtype) * torch.randn_like(x0)
             x = self.levels_to_data(x0) if self.is_image else x0

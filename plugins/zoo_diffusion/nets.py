@@ -74,8 +74,9 @@ class TimeMLP(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        temb = F.silu(self.time(t))  # (N, E)
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """``cond`` (N, E): a conditioning embedding (e.g. of class labels) added to the time embedding."""
+        temb = F.silu(self.time(t) if cond is None else self.time(t) + cond)  # (N, E)
         h = self.inp(x)  # (N, H0)
         for block in self.blocks:
             h = block(h, temb)  # (N, H_i)
@@ -149,8 +150,9 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        temb = F.silu(self.time(t))  # (N, E)
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """``cond`` (N, E): a conditioning embedding (e.g. of class labels) added to the time embedding."""
+        temb = F.silu(self.time(t) if cond is None else self.time(t) + cond)  # (N, E)
         h = self.inp(x)  # (N, c0, H, W)
         skips = [h]
         for layer in self.down:
