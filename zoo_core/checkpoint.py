@@ -5,14 +5,17 @@ the fully resolved run configuration, so a checkpoint file alone rebuilds model 
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import pickle
 import zipfile
 from pathlib import Path
 
 import torch
 import yaml
+from torch.overrides import TorchFunctionMode
 
-from zoo_core.errors import CheckpointError
+from zoo_core.errors import CheckpointError, ZooError
 
 LAST = "last.ckpt"
 # the three files of a 'zoo export' directory (zoo_core/export.py writes and reads them)
@@ -88,13 +91,150 @@ def checkpoint_config(checkpoint: dict, path: Path, run_dir: Path | None) -> dic
     raise CheckpointError(f"{path}: no zoo configuration inside the checkpoint and no config.yaml beside it")
 
 
-def rebuild_model(cls, checkpoint: dict, path: Path | str = "checkpoint"):
-    """A model of family ``cls`` from a checkpoint dict: its hyperparameters, then its weights."""
-    hparams = dict(checkpoint.get("hyper_parameters") or {})
+# ---- building a model from untrusted constructor arguments, with bounded memory ------------------
+#: slack over the stored tensors' elements that a model's construction may allocate (masks, temporaries)
+BUILD_SLACK_ELEMENTS = 16 << 20
+BUILD_FACTOR = 4
+
+
+def stored_shapes(tensors: dict) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of a state dict (tensors, or anything with ``.shape``)."""
+    return {str(k): tuple(int(d) for d in getattr(v, "shape", ())) for k, v in tensors.items()}
+
+
+def _element_budget(shapes: dict[str, tuple[int, ...]]) -> int:
+    return BUILD_FACTOR * sum(math.prod(s) for s in shapes.values()) + BUILD_SLACK_ELEMENTS
+
+
+def build_checked(cls, kwargs: dict, shapes: dict[str, tuple[int, ...]], where, rejected) -> "torch.nn.Module":
+    """``cls(**kwargs)``, where ``kwargs`` come from an untrusted file whose tensors have ``shapes``.
+
+    The model is first built on the ``meta`` device (no memory): every parameter and persistent
+    buffer must have the stored name and shape, and all its tensors together may hold at most
+    ``BUILD_FACTOR`` times the stored elements (plus slack), so a configuration that asks for a
+    huge model (``n_components: 300000000``) is refused before anything is allocated. Only then is
+    it built for real. A family whose constructor cannot run on ``meta`` (it computes with tensor
+    values, e.g. ``.item()`` or ``nonzero``) is built for real under an allocation budget of the
+    same size instead. ``rejected(exc)`` makes the error for arguments the family refuses."""
+    budget = _element_budget(shapes)
     try:
-        model = cls(**hparams)
-        model.load_state_dict(checkpoint["state_dict"])
+        with torch.device("meta"):
+            probe = cls(**kwargs)
+    except ZooError:
+        raise
+    except (TypeError, ValueError, KeyError) as exc:
+        raise rejected(exc) from None
+    except Exception:  # RuntimeError / NotImplementedError: the constructor needs real tensor values
+        probe = None
+    if probe is not None:
+        _compare_shapes(stored_shapes(probe.state_dict()), shapes, where, getattr(cls, "family", cls.__name__))
+        total = sum(t.numel() for t in probe.parameters()) + sum(b.numel() for b in probe.buffers())
+        del probe
+        if total > budget:
+            raise CheckpointError(f"{where}: the stored configuration builds a model of {total:,} elements, far more "
+                                  f"than the {sum(math.prod(s) for s in shapes.values()):,} stored; refused")
+        guard = contextlib.nullcontext()
+    else:
+        guard = _AllocationBudget(budget, where)
+    try:
+        with guard:
+            return cls(**kwargs)
+    except ZooError:
+        raise
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        raise rejected(exc) from None
+
+
+def _compare_shapes(built: dict, stored: dict, where, family: str) -> None:
+    missing = sorted(set(built) - set(stored))
+    unexpected = sorted(set(stored) - set(built))
+    if missing:
+        raise CheckpointError(f"{where}: missing tensor(s) {', '.join(missing[:5])}"
+                              f"{' ...' if len(missing) > 5 else ''} that family '{family}' needs")
+    if unexpected:
+        raise CheckpointError(f"{where}: unexpected tensor(s) {', '.join(unexpected[:5])}"
+                              f"{' ...' if len(unexpected) > 5 else ''} for family '{family}'")
+    for name, want in built.items():
+        if tuple(stored[name]) != tuple(want):
+            raise CheckpointError(f"{where}: tensor '{name}' has shape {tuple(stored[name])}, but family "
+                                  f"'{family}' built from the stored configuration expects {tuple(want)}")
+
+
+def _requested_elements(name: str, args: tuple, kwargs: dict) -> int:
+    """Elements a tensor factory call (torch.zeros(3, 4), torch.randn((3, 4)), torch.arange(n), ...) allocates."""
+    def dims(value):
+        if isinstance(value, (tuple, list, torch.Size)) and all(isinstance(d, int) for d in value):
+            return math.prod(value)
+        return None
+
+    if "size" in kwargs and dims(kwargs["size"]) is not None:
+        return dims(kwargs["size"])
+    numbers = [a for a in args if isinstance(a, (int, float)) and not isinstance(a, bool)]
+    if name in ("arange", "range") and numbers:
+        start, end, step = (0, *numbers[:1], 1) if len(numbers) == 1 else (*numbers[:2], *(numbers[2:3] or [1]))
+        return max(0, int(abs(end - start) / abs(step or 1)) + 1)
+    if name in ("linspace", "logspace"):
+        steps = kwargs.get("steps", numbers[2] if len(numbers) > 2 else 0)
+        return int(steps) if isinstance(steps, int) else 0
+    if name == "eye":
+        return int(numbers[0]) * int(numbers[1] if len(numbers) > 1 else numbers[0]) if numbers else 0
+    if name == "randperm":
+        return int(numbers[0]) if numbers else 0
+    for a in args:  # randint(low, high, size), empty_strided(size, stride), full(size, value)
+        if dims(a) is not None:
+            return dims(a)
+    if name in ("zeros", "ones", "empty", "rand", "randn") and args and all(isinstance(a, int) for a in args):
+        return math.prod(args)
+    return 0
+
+
+class _AllocationBudget(TorchFunctionMode):
+    """Refuse tensor factory calls once they have requested more than ``budget`` elements in all."""
+
+    def __init__(self, budget: int, where):
+        super().__init__()
+        try:
+            from torch.utils._device import _device_constructors  # torch's own list of tensor factories
+
+            factories = _device_constructors()
+        except ImportError:  # pragma: no cover - a torch without it: count the common ones
+            factories = [torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.randint,
+                         torch.arange, torch.eye, torch.linspace, torch.randperm]
+        self.budget, self.where, self.used = budget, where, 0
+        self.factories = {f: f.__name__ for f in factories}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = self.factories.get(func)
+        if name is not None:
+            try:
+                self.used += _requested_elements(name, args, kwargs)
+            except (TypeError, ValueError, OverflowError):  # arguments it does not understand: not counted
+                pass
+            if self.used > self.budget:
+                raise CheckpointError(f"{self.where}: building the model from the stored configuration allocates more "
+                                      f"than {self.budget:,} elements, far more than the file stores; refused")
+        return func(*args, **kwargs)
+
+
+def rebuild_model(cls, checkpoint: dict, path: Path | str = "checkpoint"):
+    """A model of family ``cls`` from a checkpoint dict: its hyperparameters, then its weights.
+
+    The hyperparameters are untrusted: the model is checked on the ``meta`` device against the
+    checkpoint's tensors before it is built (:func:`build_checked`)."""
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    family = getattr(cls, "family", cls.__name__)
+
+    def rejected(exc):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return CheckpointError(f"{path}: does not fit family '{family}' ({first})")
+
+    state = checkpoint["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a zoo checkpoint (state_dict is a {type(state).__name__})")
+    model = build_checked(cls, hparams, stored_shapes(state), path, rejected)
+    try:
+        model.load_state_dict(state)
     except (TypeError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: does not fit family '{cls.family}' ({first})") from None
+        raise rejected(exc) from None
     return model.eval()

@@ -11,7 +11,7 @@ import yaml
 from zoo_core.checkpoint import EXPORT_CONFIG as CONFIG
 from zoo_core.checkpoint import EXPORT_MANIFEST as MANIFEST
 from zoo_core.checkpoint import EXPORT_WEIGHTS as WEIGHTS
-from zoo_core.checkpoint import export_dir_of, family_not_installed
+from zoo_core.checkpoint import build_checked, export_dir_of, family_not_installed
 from zoo_core.errors import CheckpointError
 
 FORMAT = "zoo-export"
@@ -81,6 +81,18 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
                               f"({_first_line(exc)})") from None
 
 
+def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """{name: shape} from the safetensors header alone (no tensor is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {name: tuple(int(d) for d in f.get_slice(name).get_shape()) for name in f.keys()}
+    except Exception as exc:  # SafetensorError, OSError: a bad header
+        raise CheckpointError(f"{path}: not a readable safetensors file: truncated or corrupted "
+                              f"({_first_line(exc)})") from None
+
+
 def check_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Names, shapes and dtypes of ``tensors`` must match ``model.state_dict()`` exactly."""
     expected = model.state_dict()
@@ -113,18 +125,22 @@ def load_export(path: str | Path, zoo):
     document = read_config(export_dir, manifest)
     weights = export_dir / WEIGHTS
     _expect_sha(weights, manifest, "weights")
-    tensors = read_weights(weights)
 
     family = document["family"]
     if family not in plugins.families:
         raise family_not_installed(family, manifest.get("plugin"), export_dir)
     cls = plugins.family(family)
-    args = dict(document["model_args"] or {})
-    try:
-        model = cls(data=document["data_spec"], **args)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{export_dir / CONFIG}: family '{family}' rejected the exported constructor "
-                              f"arguments ({_first_line(exc)})") from None
+    args = document["model_args"] or {}
+    if not isinstance(args, dict):
+        raise CheckpointError(f"{export_dir / CONFIG}: model_args must be a mapping, got {type(args).__name__}")
+
+    def rejected(exc):
+        return CheckpointError(f"{export_dir / CONFIG}: family '{family}' rejected the exported constructor "
+                               f"arguments ({_first_line(exc)})")
+
+    # checked on the meta device against the safetensors header before anything is allocated
+    model = build_checked(cls, {"data": document["data_spec"], **args}, read_shapes(weights), weights, rejected)
+    tensors = read_weights(weights)
     check_weights(model, tensors, weights)
     model.load_state_dict(tensors, strict=True)
     config = document["run"]

@@ -48,6 +48,12 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 EVAL_DEFAULTS: dict[str, Any] = {"metrics": ["nll", "sample_quality", "frechet", "precision_recall", "reconstruction"],
                                  "splits": ["test"], "iw_samples": None, "num_samples": 64, "quality_samples": 2000}
 EVAL_SPLITS = ("train", "val", "test")
+# Caps on sizes read from untrusted registry files and --set overrides: each bounds memory and time
+# (a dataset of n_* examples, K importance samples per example, samples drawn for metrics and pictures).
+MAX_EXAMPLES = 10 ** 6  # data keys named n_* (n_train, n_val, n_test, ...), eval.quality_samples
+MAX_IW_SAMPLES = 10 ** 5  # eval.iw_samples
+MAX_NUM_SAMPLES = 10 ** 5  # eval.num_samples (the run's picture); zoo sample -n has the same limit
+MAX_LR = 1e6  # optim.lr: larger rates overflow float32 in the optimiser step
 PRECISIONS = ("32-true", "32", "64-true", "64", "16-mixed", "bf16-mixed", "bf16-true", "16-true")
 
 
@@ -134,11 +140,12 @@ class _Bad(Exception):
     pass
 
 
-def _pos_int(v, allow_none=False):
+def _pos_int(v, allow_none=False, maximum=None):
     if v is None and allow_none:
         return None
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise _Bad("a positive integer" + (" or null" if allow_none else ""))
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or (maximum is not None and v > maximum):
+        raise _Bad("a positive integer" + (f" at most {maximum:_}".replace("_", ",") if maximum is not None else "")
+                   + (" or null" if allow_none else ""))
     return v
 
 
@@ -212,7 +219,9 @@ TRAIN_CHECKS: dict[str, Callable] = {
 }
 EVAL_CHECKS: dict[str, Callable] = {
     "metrics": _str_list(), "splits": _str_list(EVAL_SPLITS),
-    "iw_samples": lambda v: _pos_int(v, allow_none=True), "num_samples": _pos_int, "quality_samples": _pos_int,
+    "iw_samples": lambda v: _pos_int(v, allow_none=True, maximum=MAX_IW_SAMPLES),
+    "num_samples": lambda v: _pos_int(v, maximum=MAX_NUM_SAMPLES),
+    "quality_samples": lambda v: _pos_int(v, maximum=MAX_EXAMPLES),
 }
 
 
@@ -223,8 +232,15 @@ def _betas(v):
     return list(v)
 
 
+def _lr(v):
+    v = _number(v, 0, exclusive=True)
+    if v > MAX_LR:
+        raise _Bad(f"a learning rate in (0, {MAX_LR:g}]")
+    return v
+
+
 OPTIM_CHECKS: dict[str, Callable] = {
-    "name": _choice(OPTIMIZER_NAMES), "lr": lambda v: _number(v, 0, exclusive=True),
+    "name": _choice(OPTIMIZER_NAMES), "lr": lambda v: _lr(v),
     "weight_decay": lambda v: _number(v, 0), "betas": _betas, "scheduler": _choice(("cosine", "none"), allow_none=True),
 }
 
@@ -487,6 +503,16 @@ def _check_params(given: dict, params: dict[str, inspect.Parameter], prefix: str
     return out
 
 
+def _check_counts(params: dict, prefix: str, owner: str, where: str) -> None:
+    """Keys named ``n_*`` (numbers of examples: n_train, n_val, n_test, ...) are integers in [1, MAX_EXAMPLES]."""
+    for key, value in params.items():
+        if not key.startswith("n_"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_EXAMPLES:
+            raise ConfigError(f"{where}: key '{prefix}.{key}' for {owner}: expected an integer in "
+                              f"[1, {MAX_EXAMPLES:,}], got {short(value)}")
+
+
 def resolve_entry(name: str, body: dict, where: str, source: str, plugins) -> dict:
     """Validate an entry body and return the fully resolved configuration."""
     for key in body:
@@ -526,6 +552,7 @@ def resolve_entry(name: str, body: dict, where: str, source: str, plugins) -> di
                               _init_params(ds_cls, ("self", "representation", "batch_size", "eval_batch_size",
                                                     "seed", "data_dir", "kwargs", "base_kwargs")),
                               "data", f"dataset '{ds_name}'", where)
+    _check_counts(ds_params, "data", f"dataset '{ds_name}'", where)
 
     model = _check_params(_section(body, "model", where), _init_params(family_cls, ("self", "data", "optim")),
                           "model", f"family '{family_name}'", where)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import yaml
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from zoo_core.checkpoint import LAST
 from zoo_core.checkpoint_io import write_atomic, write_errors_reported
@@ -87,6 +87,13 @@ def _fit_and_evaluate(zoo, entry, opts, resolved, datamodule, model, run_dir: Pa
             trainer.save_checkpoint(run_dir / "checkpoints" / LAST)  # resumable from this very step
         raise Interrupted(f"training stopped by SIGTERM at step {trainer.global_step}; "
                           f"{_resume_hint(entry, run_dir, 'the last checkpoint')}") from None
+    except SystemExit:  # Lightning turns Ctrl-C (KeyboardInterrupt) into sys.exit(1) after its teardown
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    except MisconfigurationException as exc:  # e.g. train.limit_train_batches too small for the data
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"entry '{entry}': Lightning refused the training settings: {first}") from None
     except TrainingDiverged as exc:
         raise TrainingDiverged(f"{exc}; {_resume_hint(entry, run_dir, 'the last good checkpoint')}") from None
     except RuntimeError as exc:  # a DDP peer died (killed, out of memory): gloo/NCCL report a lost connection
