@@ -71,7 +71,7 @@ def accumulate(stats: Tensor, layout: StatsLayout, x: Tensor, resp: Tensor, log_
     n += resp.sum(0)                                          # (J,)
     s += resp.T @ x                                           # (J, D)
     if layout.full:
-        ss += torch.einsum("nj,nd,ne->jde", resp, x, x)       # (J, D, D)
+        ss += (resp.T[:, :, None] * x).transpose(1, 2) @ x   # (J, D, D): sum_n r_nj x_n x_n^T
     else:
         ss += resp.T @ (x * x)                                # (J, D)
     ll += log_norm.double().sum()

@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from zoo_core.class_prior import ClassPrior
+from zoo_core.errors import DataError
 from zoo_core.model import GenerativeModel, as_sample_shape
 from zoo_gmm import em
 
@@ -300,7 +301,8 @@ class GMM(GenerativeModel):
         x, labels = self.split_batch(batch)
         if self.is_conditional:
             if labels is None:
-                raise ValueError("gmm: a conditional mixture trains on (x, y) batches with labels")
+                raise DataError(f"gmm: a conditional mixture trains on (x, y) batches; dataset "
+                                f"'{self.data_spec.name}' gave batches without labels")
             if not bool(self._labelled_init_done):
                 self.init_labelled(x, labels)
             self.class_prior.observe(labels)
