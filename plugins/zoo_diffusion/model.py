@@ -172,7 +172,7 @@ def make_betas(schedule: str, timesteps: int) -> Tensor:
 def log_alpha_bar_spline(alphas_bar: Tensor) -> Tensor:
     """The cubic spline (not-a-knot) through log alphabar_t at s = t/T, t = 0..T: (T+1,) -> (T, 4)
     float64 coefficients per interval, log abar(s) = c0 h^3 + c1 h^2 + c2 h + c3 with h = s - t/T.
-    One step (T = 1) is a straight line."""
+    With fewer than 3 steps, the piecewise-linear interpolant. (scipy comes with scikit-learn.)"""
     from scipy.interpolate import CubicSpline
 
     T = len(alphas_bar) - 1

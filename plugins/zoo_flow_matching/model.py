@@ -37,6 +37,7 @@ Binarized data are refused (a density model of continuous values).
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Sequence
 
@@ -67,6 +68,9 @@ class FlowMatching(GenerativeModel):
         ode_method, ode_rtol, ode_atol, ode_steps: the solver of the likelihood ODE.
         (The registry's ``eval.ode_*`` keys override these likelihood settings at evaluation.)
         val_likelihood: also log ``val/nll`` (an ODE solve per validation batch) during training.
+        ema_decay: EMA decay of the velocity network's weights (None or 0: no EMA). The EMA network
+            is the model (``log_prob`` and ``sample`` use it; ``loss`` trains the raw one), with decay
+            min(ema_decay, (1 + n)/(10 + n)) after n updates, as in the diffusion family.
     """
 
     family = "flow_matching"
@@ -96,6 +100,7 @@ class FlowMatching(GenerativeModel):
         ode_atol: float = 1e-5,
         ode_steps: int = 100,
         val_likelihood: bool = False,
+        ema_decay: float | None = None,
     ):
         # plain Python types: save_hyperparameters (in the base class) captures these locals
         network, activation, sampler = str(network), str(activation), str(sampler)
@@ -105,6 +110,7 @@ class FlowMatching(GenerativeModel):
         trace, probes, probe_noise = str(trace), int(probes), str(probe_noise)
         ode_method, ode_rtol, ode_atol, ode_steps = str(ode_method), float(ode_rtol), float(ode_atol), int(ode_steps)
         val_likelihood = bool(val_likelihood)
+        ema_decay = None if ema_decay is None else float(ema_decay)
         super().__init__(data, optim)
         spec = self.data_spec
         if spec.representation == "binarized":
@@ -117,6 +123,8 @@ class FlowMatching(GenerativeModel):
         if not hidden or min(hidden) < 1 or channels < 1 or not dilations or min(dilations) < 1 or time_embed_dim < 2:
             raise ValueError("flow_matching: hidden, channels, dilations (non-empty) and time_embed_dim (>= 2) "
                               "must be positive")
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"flow_matching: ema_decay must be in [0, 1) or null, got {ema_decay}")
         self.network = ("conv" if spec.is_image else "mlp") if network == "auto" else network
         if self.network == "conv" and not spec.is_image:
             raise ValueError(f"flow_matching: network 'conv' needs images, got data of shape {spec.event_shape}")
@@ -129,6 +137,12 @@ class FlowMatching(GenerativeModel):
             self.net = VelocityConvNet(spec.event_shape[0], channels, dilations, time_embed_dim)
         else:
             self.net = VelocityMLP(self.dims, hidden, activation, time_embed_dim)
+        self.ema_decay = ema_decay or None
+        self.ema_net = None
+        if self.ema_decay is not None:
+            self.ema_net = copy.deepcopy(self.net)
+            self.ema_net.requires_grad_(False)
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
 
     # ---- spaces --------------------------------------------------------------------------------------
     def to_model_space(self, x: Tensor) -> tuple[Tensor, float]:
@@ -139,11 +153,12 @@ class FlowMatching(GenerativeModel):
     def to_data(self, y: Tensor) -> Tensor:
         return (y + 1) / 2 if self.dequantized else y
 
-    def velocity(self, t: Tensor, y: Tensor) -> Tensor:
-        """v_theta(y, t): t (N,), y (N, *event) -> (N, *event)."""
+    def velocity(self, t: Tensor, y: Tensor, net: torch.nn.Module | None = None) -> Tensor:
+        """v_theta(y, t) of the model (the EMA network where there is one): t (N,), y (N, *event) -> (N, *event)."""
+        net = net if net is not None else (self.ema_net if self.ema_net is not None else self.net)
         if self.network == "mlp":
-            return self.net(y.reshape(len(y), -1), t).reshape(y.shape)
-        return self.net(y, t)
+            return net(y.reshape(len(y), -1), t).reshape(y.shape)
+        return net(y, t)
 
     # ---- training ------------------------------------------------------------------------------------
     def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
@@ -154,7 +169,17 @@ class FlowMatching(GenerativeModel):
         t = torch.rand(len(x1), device=x1.device, dtype=x1.dtype)  # (N,)
         tb = t.reshape(-1, *([1] * (x1.dim() - 1)))
         xt = (1 - tb) * x0 + tb * x1
-        return ((self.velocity(t, xt) - (x1 - x0)) ** 2).mean()
+        return ((self.velocity(t, xt, self.net) - (x1 - x0)) ** 2).mean()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema_net is None:
+            return
+        self.ema_updates += 1
+        n = float(self.ema_updates)
+        decay = min(self.ema_decay, (1 + n) / (10 + n))
+        with torch.no_grad():
+            for p_ema, p in zip(self.ema_net.parameters(), self.net.parameters()):
+                p_ema.lerp_(p.detach(), 1 - decay)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, _ = self.split_batch(batch)
