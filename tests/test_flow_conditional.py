@@ -19,7 +19,7 @@ except ImportError:  # an uninstalled checkout: the package lives under plugins/
 
 from zoo_core.data.spec import DataSpec
 from zoo_core.errors import ContextError
-from zoo_flow import Flow
+from zoo_flow.model import Flow
 
 LABELLED = DataSpec("toy-2d-labelled", (2,), "continuous", num_classes=3, conditional=True).to_dict()
 UNLABELLED = DataSpec("toy-2d", (2,), "continuous", num_classes=3).to_dict()

@@ -18,7 +18,7 @@ except ImportError:  # an uninstalled checkout: the package lives under plugins/
     import zoo_flow  # noqa: F401
 
 from zoo_core.data.spec import DataSpec
-from zoo_flow import Flow
+from zoo_flow.model import Flow
 from zoo_flow.made import MADE
 from zoo_flow.splines import rational_quadratic_spline
 

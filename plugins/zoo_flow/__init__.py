@@ -1,12 +1,12 @@
-"""The normalizing-flow family (exact likelihood): RealNVP, neural spline flows, MAF and Glow."""
+"""The normalizing-flow family: RealNVP affine couplings with ActNorm (exact likelihood)."""
 from zoo_core.hookspecs import hookimpl
 
-from .model import Flow, RealNVP
+from .model import RealNVP
 
 __version__ = "0.1.0"
-__all__ = ["Flow", "RealNVP", "register_families"]
+__all__ = ["RealNVP", "register_families"]
 
 
 @hookimpl
 def register_families(register):
-    register(Flow)
+    register(RealNVP)
