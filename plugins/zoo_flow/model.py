@@ -27,13 +27,19 @@ p(z) = N(0, I); by the change of variables
 
     log p(x) = log N(f(x); 0, I) + sum_k log |det df_k/dh_{k-1}|,
 
-exactly. In the ``coupling`` architecture each step is ActNorm (a per-dimension affine map initialised from data, so that the
-likelihood is the same in train and eval mode: no batch statistics) followed by an affine
-coupling layer (see ``nets.AffineCoupling``): half of the dimensions pass unchanged and
-condition an MLP that scales and shifts the other half; the log-determinant is the sum of the
-log-scales, which are soft-clamped to (-c, c) by c * tanh(s / c). Consecutive couplings swap
-the roles of the halves (checkerboard, half-split or seeded random masks over the flattened
-vector; for images this is the simple MLP-coupling variant, not the paper's conv ResNets).
+exactly. In the ``coupling`` architecture each step is ActNorm (a per-dimension affine map
+initialised from data, so that the likelihood is the same in train and eval mode: no batch
+statistics) followed by a coupling layer (``nets.AffineCoupling``, ``nets.Coupling``): half of
+the dimensions pass unchanged and condition an MLP that sets the elementwise transform of the
+other half; for ``affine`` the log-determinant is the sum of the log-scales, soft-clamped to
+(-c, c) by c * tanh(s / c). Consecutive couplings swap the roles of the halves (checkerboard,
+half-split or seeded random masks over the flattened vector; for images this is the simple
+MLP-coupling variant; ``multiscale`` is the convolutional one). Every conditioner's last layer
+starts at zero, so every step starts as the identity.
+
+A class-conditional flow (data with ``conditional: true``) learns an embedding of the labels
+(K, E) that is appended to every conditioner's input (as E constant channels for conv nets):
+log p(x | y) by the same change of variables, one bijection per class.
 
 Dequantized images (RealNVP section 4.1): pixels x in [0, 1) are first mapped to logit space,
 
