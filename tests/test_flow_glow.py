@@ -19,7 +19,7 @@ except ImportError:  # an uninstalled checkout: the package lives under plugins/
     import zoo_flow  # noqa: F401
 
 from zoo_core.data.spec import DataSpec
-from zoo_flow import Flow
+from zoo_flow.model import Flow
 from zoo_flow.elementwise import AffineElementwise, SplineElementwise
 from zoo_flow.glow import ActNorm2d, ConvCoupling, FlowStep, InvConv1x1, MultiscaleFlow, squeeze, unsqueeze
 

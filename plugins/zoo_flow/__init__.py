@@ -8,8 +8,8 @@ from zoo_core.plugins import Lazy
 __version__ = "0.1.0"
 __all__ = ["Flow", "RealNVP", "register_families"]
 
-FAMILY = Lazy("zoo_flow.model:Flow", family="flow", likelihood="exact",
-              summary="Normalizing flows: RealNVP/MAF couplings, neural spline flows, Glow (exact likelihood).")
+FAMILY = Lazy("zoo_flow.model:Flow", family="flow", likelihood="exact", conditional=True,
+              summary="Normalizing flows: RealNVP, neural spline flows, MAF / NSF-AR and multiscale Glow (exact likelihood).")
 
 
 @hookimpl

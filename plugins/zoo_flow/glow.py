@@ -9,7 +9,8 @@ References:
   affine coupling; the 1x1 convolution is LU-decomposed, W = P L (U + diag(s)), so that
   log|det| = H W sum log|s|.
 
-Each layer maps (N, C, H, W) -> (same, log|det| (N,)) and has an exact ``inverse``. The factored
+Each layer maps (N, C, H, W) -> (same, log|det| (N,)) and has an exact ``inverse``; couplings
+take an optional context (N, E) (a class embedding), given to their network as E constant channels. The factored
 latents are standard normal, as in RealNVP (Glow's learned prior on them is left out).
 """
 from __future__ import annotations
@@ -107,51 +108,53 @@ class ConvCoupling(nn.Module):
     """Channel-split coupling: the first half a of the channels passes unchanged and sets, through
     ``conv_net``, the parameters of an elementwise ``transform`` (affine or spline) of the rest."""
 
-    def __init__(self, channels: int, hidden: Sequence[int], transform):
+    def __init__(self, channels: int, hidden: Sequence[int], transform, context_dim: int = 0):
         super().__init__()
         self.ca = channels // 2
         self.cb = channels - self.ca
         self.transform = transform
-        self.net = conv_net(self.ca, hidden, self.cb * transform.n_params)
+        self.net = conv_net(self.ca + context_dim, hidden, self.cb * transform.n_params)
 
-    def params(self, a: Tensor) -> Tensor:
-        """a (N, Ca, H, W) -> (N, Cb, H, W, P)."""
+    def params(self, a: Tensor, context: Tensor | None = None) -> Tensor:
+        """a (N, Ca, H, W), context (N, E) or None (as E constant channels) -> (N, Cb, H, W, P)."""
         n, _, h, w = a.shape
+        if context is not None:
+            a = torch.cat([a, context.to(a.dtype)[:, :, None, None].expand(-1, -1, h, w)], 1)
         out = self.net(a).to(a.dtype).reshape(n, self.cb, self.transform.n_params, h, w)
         return out.permute(0, 1, 3, 4, 2)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         a, b = x[:, : self.ca], x[:, self.ca:]
-        yb, log_det = self.transform(b, self.params(a))
+        yb, log_det = self.transform(b, self.params(a, context))
         return torch.cat([a, yb], 1), log_det.flatten(1).sum(-1)
 
-    def inverse(self, y: Tensor) -> Tensor:
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> Tensor:
         a, yb = y[:, : self.ca], y[:, self.ca:]
-        return torch.cat([a, self.transform(yb, self.params(a), inverse=True)[0]], 1)
+        return torch.cat([a, self.transform(yb, self.params(a, context), inverse=True)[0]], 1)
 
 
 class FlowStep(nn.Module):
     """ActNorm -> invertible 1x1 convolution -> coupling (Glow, figure 2a)."""
 
-    def __init__(self, channels: int, hidden: Sequence[int], transform):
+    def __init__(self, channels: int, hidden: Sequence[int], transform, context_dim: int = 0):
         super().__init__()
         self.actnorm = ActNorm2d(channels)
         self.conv = InvConv1x1(channels)
-        self.coupling = ConvCoupling(channels, hidden, transform)
+        self.coupling = ConvCoupling(channels, hidden, transform, context_dim)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x, ld1 = self.actnorm(x)
         x, ld2 = self.conv(x)
-        x, ld3 = self.coupling(x)
+        x, ld3 = self.coupling(x, context)
         return x, ld1 + ld2 + ld3
 
-    def inverse(self, y: Tensor) -> Tensor:
-        return self.actnorm.inverse(self.conv.inverse(self.coupling.inverse(y)))
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.actnorm.inverse(self.conv.inverse(self.coupling.inverse(y, context)))
 
     @torch.no_grad()
-    def initialise(self, x: Tensor) -> Tensor:
+    def initialise(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         self.actnorm.initialise(x)
-        return self(x)[0]
+        return self(x, context)[0]
 
 
 class MultiscaleFlow(nn.Module):
@@ -161,7 +164,7 @@ class MultiscaleFlow(nn.Module):
     then the last level's output) and log|det| (N,); ``inverse`` undoes it exactly."""
 
     def __init__(self, event_shape: Sequence[int], n_levels: int, steps_per_level: int,
-                 hidden: Sequence[int], transform):
+                 hidden: Sequence[int], transform, context_dim: int = 0):
         super().__init__()
         c, h, w = event_shape
         if h % (2 ** n_levels) or w % (2 ** n_levels):
@@ -172,21 +175,22 @@ class MultiscaleFlow(nn.Module):
         for level in range(n_levels):
             c, h, w = 4 * c, h // 2, w // 2
             self.shapes.append((c, h, w))
-            self.levels.append(nn.ModuleList([FlowStep(c, hidden, transform) for _ in range(steps_per_level)]))
+            self.levels.append(nn.ModuleList([FlowStep(c, hidden, transform, context_dim)
+                                              for _ in range(steps_per_level)]))
             if level < n_levels - 1:
                 c = c // 2
 
     def _split(self, level: int) -> bool:
         return level < len(self.levels) - 1
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         log_det = torch.zeros(len(x), device=x.device, dtype=x.dtype)          # (N,)
         latents = []
         h = x
         for level, steps in enumerate(self.levels):
             h = squeeze(h)
             for step in steps:
-                h, ld = step(h)
+                h, ld = step(h, context)
                 log_det = log_det + ld
             if self._split(level):
                 half = h.shape[1] // 2
@@ -195,7 +199,7 @@ class MultiscaleFlow(nn.Module):
         latents.append(h.flatten(1))
         return torch.cat(latents, 1), log_det                                 # (N, D), (N,)
 
-    def inverse(self, z: Tensor) -> Tensor:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         n = len(z)
         sizes = []
         for level, (c, h, w) in enumerate(self.shapes):
@@ -208,16 +212,16 @@ class MultiscaleFlow(nn.Module):
             if self._split(level):
                 h = torch.cat([parts[level].reshape(n, c // 2, hh, ww), h], 1)
             for step in reversed(self.levels[level]):
-                h = step.inverse(h)
+                h = step.inverse(h, context)
             h = unsqueeze(h)
         return h
 
     @torch.no_grad()
-    def initialise(self, x: Tensor) -> None:
+    def initialise(self, x: Tensor, context: Tensor | None = None) -> None:
         h = x
         for level, steps in enumerate(self.levels):
             h = squeeze(h)
             for step in steps:
-                h = step.initialise(h)
+                h = step.initialise(h, context)
             if self._split(level):
                 h = h[:, h.shape[1] // 2:]

@@ -42,7 +42,8 @@ class MADE(nn.Module):
     dimension i sees hidden units of degree < degrees[i]. The last layer starts at zero.
     """
 
-    def __init__(self, degrees: Tensor, hidden: Sequence[int], n_params: int, activation: str):
+    def __init__(self, degrees: Tensor, hidden: Sequence[int], n_params: int, activation: str,
+                 context_dim: int = 0):
         super().__init__()
         d = len(degrees)
         self.dims, self.n_params = d, int(n_params)
@@ -58,27 +59,33 @@ class MADE(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.body = nn.Sequential(*layers)
+        # a context (degree 0) may reach every unit: it enters the first hidden layer unmasked
+        self.context = nn.Linear(context_dim, hidden[0], bias=False) if context_dim else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.out(self.body(x)).reshape(len(x), self.dims, self.n_params)  # (N, D, P)
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """x (N, D), context (N, E) or None -> (N, D, P)."""
+        h = self.body[0](x)
+        if self.context is not None:
+            h = h + self.context(context.to(x.dtype))
+        return self.out(self.body[1:](h)).reshape(len(x), self.dims, self.n_params)
 
 
 class MaskedAutoregressive(nn.Module):
     """z_i = tau(x_i; MADE(x)_i) with an elementwise ``transform`` (affine or spline)."""
 
-    def __init__(self, degrees: Tensor, hidden: Sequence[int], activation: str, transform):
+    def __init__(self, degrees: Tensor, hidden: Sequence[int], activation: str, transform, context_dim: int = 0):
         super().__init__()
         self.transform = transform
-        self.made = MADE(degrees, hidden, transform.n_params, activation)
+        self.made = MADE(degrees, hidden, transform.n_params, activation, context_dim)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z, log_det = self.transform(x, self.made(x))                             # (N, D), (N, D)
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        z, log_det = self.transform(x, self.made(x, context))                    # (N, D), (N, D)
         return z, log_det.sum(-1)
 
-    def inverse(self, z: Tensor) -> Tensor:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         x = torch.zeros_like(z)                                                  # (N, D)
         for _ in range(self.made.dims):
-            x = self.transform(z, self.made(x), inverse=True)[0]
+            x = self.transform(z, self.made(x, context), inverse=True)[0]
         return x
 
 

@@ -27,13 +27,19 @@ p(z) = N(0, I); by the change of variables
 
     log p(x) = log N(f(x); 0, I) + sum_k log |det df_k/dh_{k-1}|,
 
-exactly. In the ``coupling`` architecture each step is ActNorm (a per-dimension affine map initialised from data, so that the
-likelihood is the same in train and eval mode: no batch statistics) followed by an affine
-coupling layer (see ``nets.AffineCoupling``): half of the dimensions pass unchanged and
-condition an MLP that scales and shifts the other half; the log-determinant is the sum of the
-log-scales, which are soft-clamped to (-c, c) by c * tanh(s / c). Consecutive couplings swap
-the roles of the halves (checkerboard, half-split or seeded random masks over the flattened
-vector; for images this is the simple MLP-coupling variant, not the paper's conv ResNets).
+exactly. In the ``coupling`` architecture each step is ActNorm (a per-dimension affine map
+initialised from data, so that the likelihood is the same in train and eval mode: no batch
+statistics) followed by a coupling layer (``nets.AffineCoupling``, ``nets.Coupling``): half of
+the dimensions pass unchanged and condition an MLP that sets the elementwise transform of the
+other half; for ``affine`` the log-determinant is the sum of the log-scales, soft-clamped to
+(-c, c) by c * tanh(s / c). Consecutive couplings swap the roles of the halves (checkerboard,
+half-split or seeded random masks over the flattened vector; for images this is the simple
+MLP-coupling variant; ``multiscale`` is the convolutional one). Every conditioner's last layer
+starts at zero, so every step starts as the identity.
+
+A class-conditional flow (data with ``conditional: true``) learns an embedding of the labels
+(K, E) that is appended to every conditioner's input (as E constant channels for conv nets):
+log p(x | y) by the same change of variables, one bijection per class.
 
 Dequantized images (RealNVP section 4.1): pixels x in [0, 1) are first mapped to logit space,
 
@@ -56,6 +62,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from zoo_core.errors import ContextError
 from zoo_core.model import GenerativeModel, as_sample_shape
 from zoo_core.nn import ACTIVATIONS
 
@@ -95,10 +102,14 @@ class Flow(GenerativeModel):
             (``sample_for_display``; Glow shows T < 1). ``sample`` always uses T = 1.
         n_bins, tail_bound: the spline's K and B.
         n_levels: the number of scales of the multiscale architecture.
+        embed_dim: size E of the learned class embedding of a conditional flow (data with
+            ``conditional: true``), appended to every conditioner's input; unused otherwise.
     """
 
     family = "flow"
     likelihood = "exact"
+    conditional = True
+    samples_marginal = False
     representations = ("dequantized", "continuous")
 
     def __init__(
@@ -118,9 +129,11 @@ class Flow(GenerativeModel):
         n_bins: int = 8,
         tail_bound: float = 3.0,
         n_levels: int = 2,
+        embed_dim: int = 8,
     ):
         # plain Python types: save_hyperparameters captures these locals (weights_only checkpoints)
         n_couplings, mask_seed, n_bins, n_levels = int(n_couplings), int(mask_seed), int(n_bins), int(n_levels)
+        embed_dim = int(embed_dim)
         hidden = [int(h) for h in hidden]
         activation, mask, transform, architecture = str(activation), str(mask), str(transform), str(architecture)
         max_log_scale, logit_alpha, tail_bound = float(max_log_scale), float(logit_alpha), float(tail_bound)
@@ -155,24 +168,32 @@ class Flow(GenerativeModel):
                              f"{tuple(self.event_shape)}; use architecture: coupling or autoregressive")
         if architecture == "multiscale" and n_levels < 1:
             raise ValueError(f"flow: n_levels must be >= 1, got {n_levels}")
+        if self.is_conditional and (self.data_spec.context_shape or not self.num_classes):
+            raise ValueError("flow: a conditional flow takes class labels as its context (data with "
+                             f"num_classes), got context shape {tuple(self.data_spec.context_shape)}")
+        if self.is_conditional and embed_dim < 1:
+            raise ValueError(f"flow: embed_dim must be >= 1, got {embed_dim}")
+        e = embed_dim if self.is_conditional else 0
+        # (K, E) class embedding, or None for an unconditional flow
+        self.embedding = nn.Embedding(self.num_classes, e) if e else None
         self.architecture = architecture
         self.logit_alpha = logit_alpha
         self.display_temperature = display_temperature
         self.use_logit = self.data_spec.representation == "dequantized"
         elementwise = make_elementwise(transform, max_log_scale, n_bins, tail_bound)
         if architecture == "multiscale":
-            self.multiscale = MultiscaleFlow(self.event_shape, n_levels, n_couplings, hidden, elementwise)
+            self.multiscale = MultiscaleFlow(self.event_shape, n_levels, n_couplings, hidden, elementwise, e)
             return
         self.actnorms = nn.ModuleList([ActNorm(self.dims) for _ in range(n_couplings)])
         if architecture == "autoregressive":
-            self.couplings = nn.ModuleList([MaskedAutoregressive(deg, hidden, activation, elementwise)
+            self.couplings = nn.ModuleList([MaskedAutoregressive(deg, hidden, activation, elementwise, e)
                                             for deg in autoregressive_degrees(self.dims, n_couplings)])
             return
         masks = coupling_masks(self.event_shape, n_couplings, mask, mask_seed)
         if transform == "affine":  # RealNVP's layer (its parameter names kept for saved checkpoints)
-            self.couplings = nn.ModuleList([AffineCoupling(m, hidden, activation, max_log_scale) for m in masks])
+            self.couplings = nn.ModuleList([AffineCoupling(m, hidden, activation, max_log_scale, e) for m in masks])
         else:
-            self.couplings = nn.ModuleList([Coupling(m, hidden, activation, elementwise) for m in masks])
+            self.couplings = nn.ModuleList([Coupling(m, hidden, activation, elementwise, e) for m in masks])
 
     # ---- the logit pre-processing of dequantized pixels --------------------------------------------
     def _to_logit(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -194,33 +215,44 @@ class Flow(GenerativeModel):
         return (torch.sigmoid(u).clamp(eps, 1 - eps) - a) / (1 - 2 * a)
 
     # ---- the bijection ---------------------------------------------------------------------------
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x (*batch, *event_shape) -> z (*batch, *event_shape) and log|det dz/dx| (*batch,)."""
+    def _embed(self, context: Tensor | None, n: int) -> Tensor | None:
+        """Class labels (*batch,) -> their embeddings (N, E); None for an unconditional flow."""
+        if self.embedding is None:
+            return None
+        if context is None:
+            raise ContextError("flow: this flow is conditional; pass the class labels as context")
+        return self.embedding(context.reshape(n).to(self.device).long())         # (N, E)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x (*batch, *event_shape), labels (*batch,) of a conditional flow -> z (*batch, *event_shape)
+        and log|det dz/dx| (*batch,)."""
         batch = self.validate_sample(x)
         h = x.reshape(-1, self.dims).to(self.dtype)                                    # (N, D)
+        ctx = self._embed(context, len(h))
         log_det = torch.zeros(h.shape[0], device=h.device, dtype=h.dtype)        # (N,)
         if self.use_logit:
             h, ld = self._to_logit(h)
             log_det = log_det + ld
         if self.architecture == "multiscale":
-            h, ld = self.multiscale(h.reshape(-1, *self.event_shape))
+            h, ld = self.multiscale(h.reshape(-1, *self.event_shape), ctx)
             log_det = log_det + ld
         else:
             for actnorm, coupling in zip(self.actnorms, self.couplings):
                 h, ld1 = actnorm(h)
-                h, ld2 = coupling(h)
+                h, ld2 = coupling(h, ctx)
                 log_det = log_det + ld1 + ld2
         return h.reshape(*batch, *self.event_shape), log_det.reshape(batch)
 
-    def inverse(self, z: Tensor) -> Tensor:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """z (*batch, *event_shape) -> x (*batch, *event_shape), the exact inverse of ``forward``."""
         batch = self.validate_sample(z)
         h = z.reshape(-1, self.dims).to(self.dtype)                                    # (N, D)
+        ctx = self._embed(context, len(h))
         if self.architecture == "multiscale":
-            h = self.multiscale.inverse(h).reshape(-1, self.dims)
+            h = self.multiscale.inverse(h, ctx).reshape(-1, self.dims)
         else:
             for actnorm, coupling in zip(reversed(self.actnorms), reversed(self.couplings)):
-                h = actnorm.inverse(coupling.inverse(h))
+                h = actnorm.inverse(coupling.inverse(h, ctx))
         if self.use_logit:
             h = self._from_logit(h)
         return h.reshape(*batch, *self.event_shape)
@@ -228,45 +260,52 @@ class Flow(GenerativeModel):
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:
         """ActNorm's data-dependent initialisation: push the batch through the flow and set each
-        ActNorm so that its output has zero mean and unit variance per dimension."""
+        ActNorm so that its output has zero mean and unit variance per dimension. (The batch has no
+        labels: a conditional flow passes a zero context, which the zero-initialised last layers of
+        the conditioners make irrelevant at this point.)"""
         h = x.reshape(-1, self.dims).to(self.device, self.dtype)                   # (N, D)
+        ctx = None if self.embedding is None else h.new_zeros(len(h), self.embedding.embedding_dim)
         if self.use_logit:
             h, _ = self._to_logit(h)
         if self.architecture == "multiscale":
-            self.multiscale.initialise(h.reshape(-1, *self.event_shape))
+            self.multiscale.initialise(h.reshape(-1, *self.event_shape), ctx)
             return
         for actnorm, coupling in zip(self.actnorms, self.couplings):
             actnorm.initialise(h)
-            h, _ = coupling(actnorm(h)[0])
+            h, _ = coupling(actnorm(h)[0], ctx)
 
     # ---- the interface ---------------------------------------------------------------------------
     def _log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """(*batch, *event_shape) -> (*batch,): exact log-density in nats."""
-        z, log_det = self(x)
+        """(*batch, *event_shape) -> (*batch,): exact log-density in nats (given the labels, for a
+        conditional flow)."""
+        z, log_det = self(x, context)
         z = z.reshape(*log_det.shape, self.dims)                                  # (*batch, D)
         return -0.5 * (LOG_2PI + z ** 2).sum(-1) + log_det
 
     def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Mean negative log-likelihood in nats per example."""
-        return -self.log_prob(x).mean()
+        return -self.log_prob(x, context).mean()
 
-    def _draw(self, shape: torch.Size, temperature: float) -> Tensor:
+    def _draw(self, shape: torch.Size, temperature: float, context: Tensor | None = None) -> Tensor:
         n = math.prod(shape)
         z = temperature * torch.randn(n, *self.event_shape, device=self.device, dtype=self.dtype)  # (n, *event)
-        return self.inverse(z).reshape(*shape, *self.event_shape)
+        return self.inverse(z, context).reshape(*shape, *self.event_shape)
 
     @torch.no_grad()
     def _sample(self, sample_shape: torch.Size, context: Tensor | None = None) -> Tensor:
         """z ~ N(0, I) through the inverse flow. For images the values are the exact inverse, so a
-        small fraction may fall just outside [0, 1] (see the module docstring)."""
-        return self._draw(as_sample_shape(sample_shape), 1.0)
+        small fraction may fall just outside [0, 1] (see the module docstring). A conditional flow
+        samples given its labels (*sample_shape,)."""
+        return self._draw(as_sample_shape(sample_shape), 1.0, context)
 
     @torch.no_grad()
     def sample_for_display(self, n: int) -> Tensor:
-        """Samples at ``display_temperature`` (images clipped to [0, 1]); 2-D data get true samples."""
+        """Samples at ``display_temperature`` (images clipped to [0, 1]); 2-D data get true samples.
+        A conditional flow shows the classes in turn (labels 0, 1, ..., K - 1, 0, ...)."""
+        labels = None if self.embedding is None else torch.arange(n, device=self.device) % self.num_classes
         if not self.data_spec.is_image:
-            return self.sample((n,))
-        return self._draw(torch.Size([n]), self.display_temperature).clamp(0.0, 1.0)
+            return self.sample((n,), context=labels)
+        return self._draw(torch.Size([n]), self.display_temperature, labels).clamp(0.0, 1.0)
 
     def likelihood_description(self) -> str:
         return "exact log-likelihood (change of variables)"

@@ -1,7 +1,8 @@
 """Building blocks of the RealNVP flow: ActNorm, the affine coupling layer and its masks.
 
 Every layer is a bijection on flat vectors (N, D) with a tractable log-determinant:
-``forward(x) -> (y, log|det dy/dx|)`` and ``inverse(y) -> x``.
+``forward(x) -> (y, log|det dy/dx|)`` and ``inverse(y) -> x``. Couplings take an optional
+``context`` (N, E) (a class embedding) appended to their conditioner's input.
 """
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from torch import Tensor, nn
 from zoo_core.nn import mlp
 
 MASKS = ("checkerboard", "half", "random")
+
+
+def with_context(a: Tensor, context: Tensor | None) -> Tensor:
+    """The conditioner's input: a (N, Da), with a context embedding (N, E) appended when given."""
+    return a if context is None else torch.cat([a, context.to(a.dtype)], dim=-1)
 
 
 def coupling_masks(event_shape: Sequence[int], n_couplings: int, kind: str, seed: int) -> list[Tensor]:
@@ -87,32 +93,34 @@ class AffineCoupling(nn.Module):
     layer starts at zero, so every coupling starts as the identity.
     """
 
-    def __init__(self, mask: Tensor, hidden: Sequence[int], activation: str, max_log_scale: float):
+    def __init__(self, mask: Tensor, hidden: Sequence[int], activation: str, max_log_scale: float,
+                 context_dim: int = 0):
         super().__init__()
         self.register_buffer("cond_idx", torch.nonzero(mask).flatten())        # (Da,)
         self.register_buffer("trans_idx", torch.nonzero(~mask).flatten())      # (Db,)
         da, db = len(self.cond_idx), len(self.trans_idx)
         self.max_log_scale = float(max_log_scale)
-        self.net = mlp([da, *hidden, 2 * db], activation)
+        self.net = mlp([da + context_dim, *hidden, 2 * db], activation)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
-    def scale_shift(self, a: Tensor) -> tuple[Tensor, Tensor]:
-        """a: (N, Da) -> log-scale s (N, Db), shift t (N, Db), in a's dtype even under autocast."""
-        s_raw, t = self.net(a).to(a.dtype).chunk(2, dim=-1)
+    def scale_shift(self, a: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """a: (N, Da), context (N, E) or None -> log-scale s (N, Db), shift t (N, Db), in a's dtype
+        even under autocast."""
+        s_raw, t = self.net(with_context(a, context)).to(a.dtype).chunk(2, dim=-1)
         c = self.max_log_scale
         return c * torch.tanh(s_raw / c), t
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         a, b = x[:, self.cond_idx], x[:, self.trans_idx]                       # (N, Da), (N, Db)
-        s, t = self.scale_shift(a)
+        s, t = self.scale_shift(a, context)
         y = x.clone()
         y[:, self.trans_idx] = b * torch.exp(s) + t
         return y, s.sum(-1)                                                    # (N, D), (N,)
 
-    def inverse(self, y: Tensor) -> Tensor:
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> Tensor:
         a, yb = y[:, self.cond_idx], y[:, self.trans_idx]
-        s, t = self.scale_shift(a)
+        s, t = self.scale_shift(a, context)
         x = y.clone()
         x[:, self.trans_idx] = (yb - t) * torch.exp(-s)
         return x
@@ -127,29 +135,30 @@ class Coupling(nn.Module):
     where theta(a) (N, Db, P) comes from an MLP whose last layer starts at zero (the identity).
     """
 
-    def __init__(self, mask: Tensor, hidden: Sequence[int], activation: str, transform):
+    def __init__(self, mask: Tensor, hidden: Sequence[int], activation: str, transform, context_dim: int = 0):
         super().__init__()
         self.register_buffer("cond_idx", torch.nonzero(mask).flatten())        # (Da,)
         self.register_buffer("trans_idx", torch.nonzero(~mask).flatten())      # (Db,)
         da, db = len(self.cond_idx), len(self.trans_idx)
         self.transform = transform
-        self.net = mlp([da, *hidden, db * transform.n_params], activation)
+        self.net = mlp([da + context_dim, *hidden, db * transform.n_params], activation)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
-    def params(self, a: Tensor) -> Tensor:
-        """a (N, Da) -> (N, Db, P), in a's dtype even under autocast."""
-        return self.net(a).to(a.dtype).reshape(len(a), len(self.trans_idx), self.transform.n_params)
+    def params(self, a: Tensor, context: Tensor | None = None) -> Tensor:
+        """a (N, Da), context (N, E) or None -> (N, Db, P), in a's dtype even under autocast."""
+        out = self.net(with_context(a, context)).to(a.dtype)
+        return out.reshape(len(a), len(self.trans_idx), self.transform.n_params)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         a, b = x[:, self.cond_idx], x[:, self.trans_idx]                       # (N, Da), (N, Db)
-        yb, log_det = self.transform(b, self.params(a))
+        yb, log_det = self.transform(b, self.params(a, context))
         y = x.clone()
         y[:, self.trans_idx] = yb
         return y, log_det.sum(-1)                                              # (N, D), (N,)
 
-    def inverse(self, y: Tensor) -> Tensor:
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> Tensor:
         a, yb = y[:, self.cond_idx], y[:, self.trans_idx]
         x = y.clone()
-        x[:, self.trans_idx] = self.transform(yb, self.params(a), inverse=True)[0]
+        x[:, self.trans_idx] = self.transform(yb, self.params(a, context), inverse=True)[0]
         return x
