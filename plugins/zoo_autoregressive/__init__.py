@@ -1,4 +1,4 @@
-"""The autoregressive family: MADE and PixelCNN, exact likelihoods by the chain rule."""
+"""The autoregressive family: MADE, PixelCNN and Gated PixelCNN, exact likelihoods by the chain rule."""
 from zoo_core.hookspecs import hookimpl
 
 from .model import Autoregressive
