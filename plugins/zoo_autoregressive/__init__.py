@@ -1,4 +1,4 @@
-"""The autoregressive family: MADE and PixelCNN, exact likelihoods by the chain rule.
+"""The autoregressive family: MADE, PixelCNN and Gated PixelCNN, exact likelihoods by the chain rule.
 
 The model module (torch, Lightning) is imported when the family is first used, not when the zoo
 lists its plugins."""
@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 __all__ = ["Autoregressive", "register_families"]
 
 FAMILY = Lazy("zoo_autoregressive.model:Autoregressive", family="autoregressive", likelihood="exact", conditional=True,
-              summary="MADE (Germain et al. 2015) or PixelCNN (van den Oord et al. 2016): an exact likelihood.")
+              summary="MADE (Germain et al. 2015), PixelCNN and Gated PixelCNN (van den Oord et al. 2016): exact likelihoods.")
 
 
 @hookimpl

@@ -9,7 +9,8 @@ Convolutional Autoregressive Models", applied to the three networks of this fami
 
 - MADE (Germain et al. 2015): a hidden unit of degree m sees the inputs at positions <= m, so
   at step t (drawing the dimension at position t) only the units of degree t - 1 are new; the
-  output for step t needs only its own P rows. The D steps together cost one forward pass.
+  output for step t needs only its own P rows. The D steps together cost one forward pass
+  (less: only the connections the masks allow are multiplied).
 - PixelCNN (masked convolutions): a feature at pixel (i, j) in any layer sees only pixels before
   (i, j), so it is computed once, when (i, j) is next: per step one k x k window per layer.
 - Gated PixelCNN: the vertical stack of row i also sees row i's later pixels, but the
@@ -41,52 +42,70 @@ def _bias(bias: Tensor, embedding, y: Tensor | None) -> Tensor:
 
 
 class MADESteps:
-    """MADE under mask k, one degree group of hidden units per step: x (n, D) net inputs."""
+    """MADE under mask k, one degree group of hidden units per step.
+
+    Everything is kept in sampling order: the inputs by position (column t - 1 holds the
+    dimension at position t) and each layer's units sorted by degree, so the units of degree g
+    are one contiguous block and see only a leading block of the layer below (the units of
+    degree <= g, or the inputs at positions <= g): per step, one small matrix product per layer
+    on exactly the connections the masks allow."""
 
     def __init__(self, net: MADENet, k: int, n: int, to_input: Callable[[Tensor], Tensor],
                  y: Tensor | None = None):
         weight = net.out.weight
         dtype, device = weight.dtype, weight.device
         hidden_masks, out_mask, direct_mask = net.masks(k, device)
-        degrees = net._degrees[k]  # [order (D,), m^1 (H_1,), ..., m^L (H_L,)]
-        self.D, self.P, self.to_input = net.D, net.P, to_input
-        self.order = degrees[0].tolist()  # position (1..D) of each dimension
-        self.x = torch.zeros(n, net.D, dtype=dtype, device=device)  # (n, D) net inputs drawn so far
-        self.h = [torch.zeros(n, width, dtype=dtype, device=device) for width in net.hidden]  # (n, H_l)
-        # per layer: {degree g: (unit indices, masked weight rows (|g|, H_{l-1}), bias (1 or n, |g|))}
-        self.groups: list[dict[int, tuple[Tensor, Tensor, Tensor]]] = []
+        degrees = [m.to(device) for m in net._degrees[k]]  # [order (D,), m^1 (H_1,), ..., m^L (H_L,)]
+        D, P = net.D, net.P
+        self.to_input = to_input
+        self.position = (degrees[0] - 1).tolist()  # column of each dimension in the sorted inputs
+        self.x = torch.zeros(n, D, dtype=dtype, device=device)  # (n, D) net inputs by position
+        perm = torch.argsort(degrees[0])  # dimensions by position
+        below = degrees[0][perm]  # (D,) sorted degrees (positions) of the layer below
+        # per layer: hidden state (n, H_l) sorted by degree, {g: (start, end, lead, weight (|g|, lead), bias)}
+        self.h, self.groups = [], []
         for l, (layer, mask) in enumerate(zip(net.layers, hidden_masks)):
-            w = layer.weight * mask.to(dtype)  # (H_l, H_{l-1})
-            b = _bias(layer.bias, net.class_hidden[l] if net.class_hidden is not None else None, y)  # (1|n, H_l)
-            deg = degrees[l + 1].to(device)
-            groups = {}
-            for g in deg.unique().tolist():
-                idx = (deg == g).nonzero()[:, 0]
-                groups[g] = (idx, w[idx], b[:, idx])
+            order_l = torch.argsort(degrees[l + 1], stable=True)
+            deg = degrees[l + 1][order_l]  # (H_l,) sorted
+            w = (layer.weight * mask.to(dtype))[order_l][:, perm]  # (H_l, H_{l-1}), both sorted
+            b = _bias(layer.bias, net.class_hidden[l] if net.class_hidden is not None else None, y)[:, order_l]
+            gs = deg.unique()  # (G,) degrees present
+            starts = torch.searchsorted(deg, gs).tolist()
+            ends = torch.searchsorted(deg, gs, right=True).tolist()
+            leads = torch.searchsorted(below, gs, right=True).tolist()  # units below of degree <= g
+            groups = {g: (s, e, lead, w[s:e, :lead].contiguous(), b[:, s:e])
+                      for g, s, e, lead in zip(gs.tolist(), starts, ends, leads)}
             self.groups.append(groups)
-        P = net.P
-        self.out_w = (weight * out_mask.to(dtype)).reshape(net.D, P, -1)  # (D, P, H_L)
-        self.out_b = _bias(net.out.bias, net.class_out, y).reshape(-1, net.D, P)  # (1|n, D, P)
-        self.direct_w = None
+            self.h.append(torch.zeros(n, len(deg), dtype=dtype, device=device))
+            perm, below = order_l, deg
+        out_w = (weight * out_mask.to(dtype)).reshape(D, P, -1)[:, :, perm]  # (D, P, H_L) sorted
+        self.out = []  # per dimension: (lead, weight (P, lead), bias (1|n, P), t, direct weight (P, t))
+        out_b = _bias(net.out.bias, net.class_out, y).reshape(-1, D, P)  # (1|n, D, P)
+        direct_w = None
         if net.direct is not None:
-            self.direct_w = (net.direct.weight * direct_mask.to(dtype)).reshape(net.D, P, net.D)  # (D, P, D)
+            direct_w = (net.direct.weight * direct_mask.to(dtype)).reshape(D, P, D)[:, :, torch.argsort(degrees[0])]  # by position
+        leads = torch.searchsorted(below, degrees[0]).tolist()  # hidden units of degree < position
+        for d, (t, lead) in enumerate(zip(self.position, leads)):  # the inputs before d: columns < t
+            direct = direct_w[d, :, :t].contiguous() if direct_w is not None else None  # (P, t)
+            self.out.append((lead, out_w[d, :, :lead].contiguous(), out_b[:, d], t, direct))
 
     def params(self, d: int) -> Tensor:
         """(n, P) parameters of p(x_d | x before d): first the hidden units that became final."""
-        g = self.order[d] - 1  # units of degree t - 1 see exactly the inputs drawn so far
+        g = self.position[d]  # units of degree t - 1 see exactly the inputs drawn so far
         prev = self.x
         for groups, h in zip(self.groups, self.h):
             if g in groups:
-                idx, w, b = groups[g]
-                h[:, idx] = F.relu(F.linear(prev, w) + b)
+                s, e, lead, w, b = groups[g]
+                h[:, s:e] = F.relu(F.linear(prev[:, :lead], w) + b)
             prev = h
-        out = F.linear(prev, self.out_w[d]) + self.out_b[:, d]  # (n, P)
-        if self.direct_w is not None:
-            out = out + F.linear(self.x, self.direct_w[d])
+        lead, w, b, t, direct = self.out[d]
+        out = F.linear(prev[:, :lead], w) + b  # (n, P)
+        if direct is not None:
+            out = out + F.linear(self.x[:, :t], direct)
         return out
 
     def set(self, d: int, value: Tensor) -> None:
-        self.x[:, d] = self.to_input(value)
+        self.x[:, self.position[d]] = self.to_input(value)
 
 
 def _linear_weight(conv_weight: Tensor, rows: int | None = None) -> Tensor:

@@ -1,4 +1,4 @@
-"""Autoregressive models with an exact likelihood: MADE and PixelCNN.
+"""Autoregressive models with an exact likelihood: MADE, PixelCNN and Gated PixelCNN.
 
 References
 ----------
@@ -10,13 +10,13 @@ References
   "Conditional Image Generation with PixelCNN Decoders", NeurIPS 2016 (arXiv:1606.05328), the
   Gated PixelCNN and its class conditioning.
 
-Both factorise the density by the chain rule along an ordering o of the D dimensions,
+All factorise the density by the chain rule along an ordering o of the D dimensions,
 
     p(x) = prod_{i=1}^{D} p(x_{o(i)} | x_{o(1)}, ..., x_{o(i-1)}),
 
 and compute every conditional's parameters in ONE forward pass of a network whose weights are
 masked so that the output for x_{o(i)} cannot see x_{o(j)} for j >= i. The log-likelihood is
-therefore exact and costs one pass; sampling is sequential and costs D passes.
+therefore exact and costs one pass; sampling is sequential (D steps).
 
 - ``made``: a masked MLP over the flattened data. Each unit gets a degree m(k); a hidden unit
   may see units of lower-or-equal degree of the layer below, an output unit of dimension d only
