@@ -166,7 +166,7 @@ SMALL = {  # tiny settings: this checks that each family accepts 3-channel 32x32
     "gan": {"arch": "conv", "latent_dim": 8, "width": 8},
     "diffusion": {"network": "unet", "channels": [8, 16], "timesteps": 10, "bound_timesteps": 2,
                   "sample_steps": 2},
-    "autoregressive": {"architecture": "made", "hidden": [32], "n_components": 2},
+    "autoregressive": {"architecture": "made", "hidden": [16], "n_components": 1, "direct": False},
 }
 
 
@@ -183,8 +183,8 @@ def test_family_accepts_three_channel_images(family):
         if model.likelihood != "none":
             lp = model.log_prob(x)
             assert lp.shape == (2,) and torch.isfinite(lp).all()
-        s = model.sample((2,))
-    assert s.shape == (2, 3, 32, 32) and torch.isfinite(s).all()
+        s = model.sample((1,))  # one: MADE samples in 3072 network passes
+    assert s.shape == (1, 3, 32, 32) and torch.isfinite(s).all()
 
 
 def test_pixelcnn_needs_single_channel_images():

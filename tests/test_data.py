@@ -145,3 +145,70 @@ def test_digits_binarized_loader_and_fixed_eval_noise():
 def test_digits_rejects_continuous():
     with pytest.raises(DataError, match="digits"):
         DigitsDataModule(representation="continuous")
+
+
+# ---- labels and conditional batches -------------------------------------------------------------------
+def test_digits_labels_follow_their_images(digits_levels):
+    from sklearn.datasets import load_digits
+
+    target = torch.from_numpy(load_digits().target)
+    by_pixels = {}
+    for image, y in zip(digits_levels, target):
+        by_pixels.setdefault(image.to(torch.uint8).numpy().tobytes(), set()).add(int(y))
+    dm = DigitsDataModule(representation="dequantized", seed=2, conditional=True, batch_size=32)
+    for split in ("train", "val", "test"):
+        labels = dm.eval_labels(split)
+        assert labels.dtype == torch.int64 and labels.shape == (len(dm.raw[split]),)
+        for x, y in zip(dm.raw[split], labels):
+            assert int(y) in by_pixels[x[0].to(torch.uint8).numpy().tobytes()]
+    spec = dm.spec
+    assert spec.num_classes == 10 and spec.conditional and spec.context_shape == ()
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (32, 1, 8, 8) and y.shape == (32,) and y.dtype == torch.int64
+    xt, yt = torch.cat([b[0] for b in dm.test_dataloader()]), torch.cat([b[1] for b in dm.test_dataloader()])
+    assert torch.equal(xt, dm.eval_data("test")) and torch.equal(yt, dm.eval_labels("test"))
+    assert isinstance(dm.init_batch(), torch.Tensor)
+
+
+def test_conditional_batches_are_the_unconditional_batches_plus_labels():
+    """Same x (noise included) with and without labels, and the labels of the same examples, also
+    after resuming mid-epoch."""
+    plain = DigitsDataModule(seed=5, batch_size=100)
+    cond = DigitsDataModule(seed=5, batch_size=100, conditional=True)
+    assert not plain.spec.conditional and plain.spec.num_classes == 10  # labels exist, unused
+    plain_loader, cond_loader = plain.train_dataloader(), cond.train_dataloader()
+    for loader in (plain_loader, cond_loader):
+        loader.load_state_dict({"epoch": 2, "batches_done": 3})
+    batches = list(zip(plain_loader, cond_loader))
+    assert len(batches) == 12 - 3
+    order = plain_loader.sampler.indices(2)
+    for b, (x, (xc, yc)) in enumerate(batches, start=3):
+        assert torch.equal(x, xc)
+        assert torch.equal(yc, cond.eval_labels("train")[order[b * 100:(b + 1) * 100]])
+
+
+def test_unlabelled_dataset_refuses_conditional():
+    with pytest.raises(DataError, match=r"dataset 'moons' has no labels, so it cannot be conditional") as info:
+        TOY_DATASETS["moons"](conditional=True)
+    assert "\n" not in str(info.value)
+    moons = TOY_DATASETS["moons"](**SIZES)
+    assert moons.spec.num_classes is None
+    with pytest.raises(DataError, match="dataset 'moons' has no labels"):
+        moons.eval_labels("test")
+
+
+def test_registry_passes_conditional_to_the_datamodule(tmp_path):
+    from zoo_core.registry import Registry
+    from zoo_core.runner import build_datamodule
+
+    path = tmp_path / "r.yaml"
+    path.write_text("c:\n  family: gmm\n  data: {name: digits, representation: dequantized, conditional: true}\n"
+                    "m:\n  family: gmm\n  data: {name: moons, conditional: true}\n"
+                    "u:\n  family: gmm\n  data: {name: array, path: nowhere.npy, label_column: 2}\n")
+    registry = Registry([str(path)])
+    config = registry.resolve("c")
+    assert config["data"]["conditional"] is True
+    assert build_datamodule(config).spec.conditional
+    assert registry.resolve("u")["data"]["label_column"] == 2
+    with pytest.raises(DataError, match="'moons' has no labels"):
+        build_datamodule(registry.resolve("m"))

@@ -262,3 +262,14 @@ def test_download_failure_hint(server, tmp_path, monkeypatch, mirror):
     assert "put the four MNIST files" in msg and str(data_dir / "mnist") in msg
     assert "--data-dir" in msg and "ZOO_DATA_DIR" in msg
     assert os.listdir(data_dir / "mnist") == []
+
+
+@needs_shared
+def test_labels_and_conditional_batches():
+    dm = MNISTDataModule(data_dir=str(SHARED), conditional=True, batch_size=50)
+    assert torch.equal(torch.bincount(dm.eval_labels("test"), minlength=10), torch.tensor(TEST_COUNTS))
+    assert dm.spec.num_classes == 10 and dm.spec.conditional
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (50, 1, 28, 28) and y.shape == (50,) and y.dtype == torch.int64
+    xt, yt = next(iter(dm.test_dataloader()))
+    assert torch.equal(yt, dm.eval_labels("test")[: len(yt)])

@@ -93,7 +93,7 @@ def test_pt_tensor_and_dict(tmp_path):
 def test_csv_header_label_column_and_class_names(tmp_path):
     x = _points(30)
     names = ["cat", "dog", "ant"]
-    lines = ["i,class,a,b"] + [f"{r[0]:g},{names[int(r[0]) % 3]},{r[1]!r},{r[2]!r}" for r in x]
+    lines = ["i,class,a,b"] + [f"{r[0]:g},{names[int(r[0]) % 3]},{float(r[1])!r},{float(r[2])!r}" for r in x]
     (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
     dm = ArrayDataModule(path=str(tmp_path / "t.csv"), label_column="class")
     assert torch.equal(_whole(dm), torch.from_numpy(x).float())
@@ -102,8 +102,10 @@ def test_csv_header_label_column_and_class_names(tmp_path):
     for s in SPLITS:
         expected = torch.tensor([index[names[int(i) % 3]] for i in dm.raw[s][:, 0]])
         assert torch.equal(dm.eval_labels(s), expected)
+    same = ArrayDataModule(path=str(tmp_path / "t.csv"), labels="class")  # labels: a column of the same file
+    assert torch.equal(same.eval_labels("test"), dm.eval_labels("test"))
     # no header, numeric label column by index
-    (tmp_path / "n.csv").write_text("\n".join(f"{int(r[0]) % 2},{r[0]:g},{r[1]!r}" for r in x) + "\n")
+    (tmp_path / "n.csv").write_text("\n".join(f"{int(r[0]) % 2},{r[0]:g},{float(r[1])!r}" for r in x) + "\n")
     dm = ArrayDataModule(path=str(tmp_path / "n.csv"), label_column=0)
     assert dm.spec.event_shape == (2,) and torch.equal(dm.eval_labels("val"), dm.raw["val"][:, 0].long() % 2)
 

@@ -13,8 +13,8 @@ Formats, chosen by the file's suffix:
   a header. ``label_column`` (a header name or a 0-based index) holds the labels: integers, or
   names (then classes are the sorted names, numbered 0..K-1, listed in the spec's ``class_names``).
 
-``labels``: a key of the same .npz/.pt file, or a second file (any of the formats above) holding one
-label per example. Event shape from the array: (N, D) vectors, (N, C, H, W) images; (N,) is read as
+``labels``: a key of the same .npz/.pt file (a column of the same .csv file), or a second file (any of
+the formats above) holding one label per example. Event shape from the array: (N, D) vectors, (N, C, H, W) images; (N,) is read as
 (N, 1) and (N, H, W) as grey images (N, 1, H, W). See ``zoo_core.data.user`` for ``levels``, the
 split and how paths are found.
 
@@ -232,11 +232,15 @@ class ArrayDataModule(UserDataModule):
                                                                  f"{where}, labels")
             return x, y
         path = self.path
-        arrays, class_names = read_file(path, self.label_column)
+        label_column = self.label_column
+        if (label_column is None and self.labels_option is not None and path.suffix.lower() == ".csv"
+                and not resolve_path(self.labels_option, self.data_dir, self.name).is_file()):
+            label_column = self.labels_option  # labels: a column of the CSV file itself
+        arrays, class_names = read_file(path, label_column)
         label_key = None
         y = None
-        if self.label_column is not None:
-            y, label_where = arrays["<label>"], f"{path}, label column {self.label_column!r}"
+        if label_column is not None:
+            y, label_where = arrays["<label>"], f"{path}, label column {label_column!r}"
             self.class_names = class_names
         elif self.labels_option is not None:
             label_key = str(self.labels_option)
