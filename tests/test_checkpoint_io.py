@@ -149,6 +149,7 @@ def test_last_checkpoint_is_the_latest_epoch_when_validation_is_sparse(tmp_path)
     from conftest import run_zoo
 
     result = run_zoo("train", "gmm-moons", "--set", "train.check_val_every_n_epoch=5", "--max-epochs", "7",
+                     "--set", "model.fit=gradient", "--set", "train.batch_size=500",
                      "--runs-dir", tmp_path, "--no-progress", "--accelerator", "cpu")
     assert result.returncode == 0, result.stderr[-2000:]
     checkpoint = torch.load(tmp_path / "gmm-moons" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)

@@ -43,8 +43,9 @@ def assert_one_line_error(result, *fragments, code=1):
 def trained_run(tmp_path_factory):
     """One short real training run of the default toy entry, shared by the tests below."""
     runs = tmp_path_factory.mktemp("runs")
+    # gradient fit with 40 batches per epoch (the entry fits by EM, one batch per epoch)
     result = run_zoo("train", "gmm-moons", "--max-epochs", "2", "--runs-dir", runs, "--no-progress",
-                     "--accelerator", "cpu")
+                     "--accelerator", "cpu", "--set", "model.fit=gradient", "--set", "train.batch_size=500")
     assert result.returncode == 0, result.stderr[-3000:]
     return runs / "gmm-moons" / "version_0"
 

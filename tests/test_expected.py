@@ -69,8 +69,8 @@ def test_builtin_registry_expectations_and_tiers(zoo):
     configs = {n: registry.resolve(n) for n in registry.names()}
     quick = {c["family"] for c in configs.values() if c["tier"] == "quick"}
     assert {"gmm", "vae", "autoencoder", "gan", "diffusion", "flow", "autoregressive"} <= quick
-    assert {c["data"]["name"] for c in configs.values() if c["tier"] == "full"} == {"mnist"}
-    assert all(c["data"]["name"] != "mnist" for c in configs.values() if c["tier"] == "quick")
+    assert {c["data"]["name"] for c in configs.values() if c["tier"] == "full"} == {"mnist", "cifar10"}
+    assert all(c["data"]["name"] not in ("mnist", "cifar10") for c in configs.values() if c["tier"] == "quick")
     published = {n: [e["value"] for e in c["expected"] if e["kind"] == "published"] for n, c in configs.items()}
     assert published["vae-mnist"] == [86.76]
     assert published["autoregressive-mnist"] == [88.04]

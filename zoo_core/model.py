@@ -202,7 +202,7 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
         """Samples for pictures; a family may return e.g. decoder means instead (and say so)."""
         return self.sample((n,))
 
-    def reconstruct(self, x: Tensor) -> Tensor:
+    def reconstruct(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Optional, for autoencoding families: (N, *event_shape) -> x_hat of the same shape, the
         decoder's mean at the encoder's mean (Bernoulli probabilities for binarised data). Families
         that implement it are evaluated by the ``reconstruction`` metric."""

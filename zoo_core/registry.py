@@ -45,8 +45,13 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     # null: last.ckpt at epoch ends only; N: also every N optimiser steps, mid-epoch (resumes at that batch)
     "checkpoint_every_n_steps": None,
 }
-EVAL_DEFAULTS: dict[str, Any] = {"metrics": ["nll", "sample_quality", "frechet", "precision_recall", "reconstruction"],
-                                 "splits": ["test"], "iw_samples": None, "num_samples": 64, "quality_samples": 2000}
+EVAL_DEFAULTS: dict[str, Any] = {"metrics": ["nll", "sample_quality", "frechet", "precision_recall", "reconstruction",
+                                             "generative_classifier", "conditional_samples"],
+                                 "splits": ["test"], "iw_samples": None, "num_samples": 64, "quality_samples": 2000,
+                                 # ODE likelihoods (flow_matching, diffusion's ode_nll; zoo_core/ode.py): null = the
+                                 # model's own setting
+                                 "ode_trace": None, "ode_probes": None, "ode_probe_noise": None, "ode_method": None,
+                                 "ode_rtol": None, "ode_atol": None, "ode_steps": None}
 EVAL_SPLITS = ("train", "val", "test")
 # Caps on sizes read from untrusted registry files and --set overrides: each bounds memory and time
 # (a dataset of n_* examples, K importance samples per example, samples drawn for metrics and pictures).
@@ -222,6 +227,13 @@ EVAL_CHECKS: dict[str, Callable] = {
     "iw_samples": lambda v: _pos_int(v, allow_none=True, maximum=MAX_IW_SAMPLES),
     "num_samples": lambda v: _pos_int(v, maximum=MAX_NUM_SAMPLES),
     "quality_samples": lambda v: _pos_int(v, maximum=MAX_EXAMPLES),
+    "ode_trace": _choice(("auto", "exact", "hutchinson"), allow_none=True),
+    "ode_probes": lambda v: _pos_int(v, allow_none=True, maximum=1000),
+    "ode_probe_noise": _choice(("rademacher", "gaussian"), allow_none=True),
+    "ode_method": _choice(("euler", "midpoint", "rk4", "dopri5"), allow_none=True),
+    "ode_rtol": lambda v: _number(v, 0, allow_none=True, exclusive=True),
+    "ode_atol": lambda v: _number(v, 0, allow_none=True, exclusive=True),
+    "ode_steps": lambda v: _pos_int(v, allow_none=True, maximum=100_000),
 }
 
 

@@ -71,12 +71,15 @@ class ConformanceCase:
     build: Callable[[], GenerativeModel]  # a fresh model; the kit seeds torch before calling it
     data: Tensor  # (B, *event_shape) in the model's representation
     lr: float = 1e-3
+    context: Tensor | None = None  # (B,) class labels of ``data`` for a conditional model, else None
     extras: dict = field(default_factory=dict)
     device: torch.device | str | None = None  # None: conformance_device()
 
     def __post_init__(self) -> None:
         self.device = torch.device(self.device) if self.device is not None else conformance_device()
         self.data = self.data.to(self.device)
+        if self.context is not None:
+            self.context = self.context.to(self.device)
 
     def model(self, seed: int = 0, initialise: bool = True) -> GenerativeModel:
         torch.manual_seed(seed)
@@ -93,9 +96,11 @@ def case_from_config(zoo, config: dict, batch: int = 256) -> ConformanceCase:
 
     datamodule = build_datamodule(zoo, config)
     data = datamodule.eval_data("train")[:batch].clone()
+    context = datamodule.eval_labels("train")[:batch].clone() if datamodule.spec.conditional else None
     return ConformanceCase(
         name=config["entry"], family_cls=zoo.family(config["family"]),
-        build=lambda: build_model(zoo, config, datamodule), data=data, lr=float(config["optim"]["lr"]))
+        build=lambda: build_model(zoo, config, datamodule), data=data, lr=float(config["optim"]["lr"]),
+        context=context)
 
 
 @dataclass(frozen=True)
@@ -132,19 +137,20 @@ def check_log_prob(case: ConformanceCase) -> None:
     x = case.data
     if model.likelihood == "none":
         try:
-            model.log_prob(x)
+            model.log_prob(x, case.context)
         except NoLikelihoodError as exc:
             assert model.family in str(exc), "the NoLikelihoodError message must name the family"
             return
         raise AssertionError("a family with likelihood 'none' must raise NoLikelihoodError from log_prob")
     with torch.no_grad():
-        lp = _seeded(lambda: model.log_prob(x))
+        lp = _seeded(lambda: model.log_prob(x, case.context))
         assert lp.shape == (len(x),), f"log_prob returned shape {tuple(lp.shape)}, expected ({len(x)},)"
         assert lp.dtype.is_floating_point, f"log_prob returned dtype {lp.dtype}; expected a floating point dtype"
         assert torch.isfinite(lp).all(), (f"log_prob returned {int((~torch.isfinite(lp)).sum())} NaN or infinite "
                                           f"value(s) of {len(lp)} on training data; expected finite values")
         half = len(x) // 2 * 2
-        lp2 = _seeded(lambda: model.log_prob(x[:half].reshape(2, half // 2, *x.shape[1:])))
+        ctx2 = case.context[:half].reshape(2, half // 2) if case.context is not None else None
+        lp2 = _seeded(lambda: model.log_prob(x[:half].reshape(2, half // 2, *x.shape[1:]), ctx2))
         assert lp2.shape == (2, half // 2), f"log_prob kept batch shape {tuple(lp2.shape)}, expected (2, {half // 2})"
         if model.likelihood == "exact":
             torch.testing.assert_close(lp2.reshape(-1), lp[:half], rtol=1e-4, atol=1e-4)
@@ -157,7 +163,7 @@ def check_wrong_shape(case: ConformanceCase) -> None:
     bad = torch.cat([x, x[..., :1]], dim=-1)  # one extra element along the last axis
     call = model.loss if model.likelihood == "none" else model.log_prob
     try:
-        call(bad)
+        call(bad, case.context)
     except ValueError as exc:
         expected = ", ".join(str(d) for d in model.event_shape)
         assert expected in str(exc), f"the error should name the expected shape ({expected}); got: {exc}"
@@ -167,7 +173,7 @@ def check_wrong_shape(case: ConformanceCase) -> None:
 
 def check_loss_differentiable(case: ConformanceCase) -> None:
     model = case.model().train()
-    loss = _seeded(lambda: model.loss(case.data))
+    loss = _seeded(lambda: model.loss(case.data, case.context))
     assert loss.dim() == 0, f"loss must be a scalar, got shape {tuple(loss.shape)}"
     assert torch.isfinite(loss), f"loss is {float(loss)}; expected a finite value"
     assert loss.requires_grad, "loss does not require grad; expected it to be differentiable with respect to the parameters"
@@ -186,13 +192,13 @@ def check_loss_drops(case: ConformanceCase, steps: int = LOSS_DROP_STEPS) -> Non
     model = case.model(initialise=False).train()
     opt = torch.optim.Adam(model.parameters(), lr=case.lr)
     with torch.no_grad():
-        before = float(_seeded(lambda: model.loss(case.data), seed=123))
+        before = float(_seeded(lambda: model.loss(case.data, case.context), seed=123))
     for step in range(steps):
         opt.zero_grad()
-        _seeded(lambda: model.loss(case.data), seed=step).backward()
+        _seeded(lambda: model.loss(case.data, case.context), seed=step).backward()
         opt.step()
     with torch.no_grad():
-        after = float(_seeded(lambda: model.loss(case.data), seed=123))
+        after = float(_seeded(lambda: model.loss(case.data, case.context), seed=123))
     assert after < before, f"loss did not drop in {steps} Adam steps on a fixed batch: {before:.4f} -> {after:.4f}"
 
 
@@ -220,7 +226,7 @@ def check_reproducible(case: ConformanceCase) -> None:
     with torch.no_grad():
         assert torch.equal(_seeded(lambda: a.sample((8,)), 3), _seeded(lambda: b.sample((8,)), 3)), (
             "two models built with the same seed drew different samples under the same seed; expected identical")
-        la, lb = _seeded(lambda: a.loss(case.data), 4), _seeded(lambda: b.loss(case.data), 4)
+        la, lb = _seeded(lambda: a.loss(case.data, case.context), 4), _seeded(lambda: b.loss(case.data, case.context), 4)
         assert torch.equal(la, lb), (f"two models built with the same seed gave losses {float(la)} and {float(lb)} "
                                      f"under the same seed; expected identical")
 
@@ -228,7 +234,9 @@ def check_reproducible(case: ConformanceCase) -> None:
 def check_checkpoint_round_trip(case: ConformanceCase) -> None:
     """Two Lightning training steps, ``save_checkpoint``, a weights_only load: identical log_prob/loss."""
     model = case.model()
-    loader = torch.utils.data.DataLoader(case.data.cpu(), batch_size=min(64, len(case.data)))  # Lightning moves batches
+    dataset = (case.data.cpu() if case.context is None  # batches of x, or (x, y) for a conditional model
+               else torch.utils.data.TensorDataset(case.data.cpu(), case.context.cpu()))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=min(64, len(case.data)))  # Lightning moves batches
     cuda = case.device.type == "cuda"
     trainer = pl.Trainer(max_steps=2, accelerator="gpu" if cuda else "cpu", devices=[case.device.index or 0] if cuda else 1,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -241,7 +249,7 @@ def check_checkpoint_round_trip(case: ConformanceCase) -> None:
     model.to(case.device).eval()  # Lightning's teardown moves the model back to the CPU
     for (name, pa), pb in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(pa, pb), f"parameter {name} changed in the checkpoint round trip"
-    call = (lambda m: m.loss(case.data)) if model.likelihood == "none" else (lambda m: m.log_prob(case.data))
+    call = (lambda m: m.loss(case.data, case.context)) if model.likelihood == "none" else (lambda m: m.log_prob(case.data, case.context))
     with torch.no_grad():
         before, after = _seeded(lambda: call(model)), _seeded(lambda: call(loaded))
         what = "loss" if model.likelihood == "none" else "log_prob"
@@ -259,6 +267,9 @@ def check_density_integrates(case: ConformanceCase, points: int = 400) -> Skippe
     if tuple(model.event_shape) != (2,):
         return Skipped(f"density integration needs 2-D data (event shape (2,)); this case's event shape is "
                        f"{tuple(model.event_shape)}")
+    if case.context is not None:
+        return Skipped("density integration is checked on unconditional cases (here: one integral per class)")
+    points = min(points, int(getattr(model, "conformance_grid_points", points)))  # ODE likelihoods are costly
     _train_briefly(model, case)
     model.eval()
     with torch.no_grad():
@@ -285,6 +296,8 @@ def check_bound(case: ConformanceCase, ks: tuple[int, ...] = (1, 10, 100)) -> Sk
                        f"likelihood '{model.likelihood}'")
     model.eval()
     x = case.data
+    if case.context is not None:
+        return Skipped("the bound checks run on unconditional cases")
     with torch.no_grad():
         reference = model.reference_log_prob(x)
         if reference is None:
@@ -313,8 +326,40 @@ def _train_briefly(model: GenerativeModel, case: ConformanceCase, steps: int = 3
     model.train()
     for step in range(steps):
         opt.zero_grad()
-        _seeded(lambda: model.loss(case.data), seed=step).backward()
+        _seeded(lambda: model.loss(case.data, case.context), seed=step).backward()
         opt.step()
+
+
+def check_conditional(case: ConformanceCase) -> Skipped | None:
+    """Conditional families: ``log_prob(x, y)`` is (B,) and finite for every class, and samples of
+    class k differ from those of class j under the same seed. Unconditional families refuse a context."""
+    from zoo_core.errors import ContextError
+
+    model = case.model().eval()
+    if case.context is None:
+        try:
+            call = model.loss if model.likelihood == "none" else model.log_prob
+            call(case.data, torch.zeros(len(case.data), dtype=torch.long, device=case.device))
+        except ContextError as exc:
+            assert model.family in str(exc), f"the context error should name the family; got: {exc}"
+            return Skipped("an unconditional case: only checked that a context is refused")
+        raise AssertionError(f"family '{model.family}' accepted a context without being conditional; expected a "
+                             f"ContextError")
+    classes = int(model.num_classes)
+    x = case.data
+    with torch.no_grad():
+        if model.likelihood != "none":
+            for k in range(classes):
+                lp = model.log_prob(x, torch.full((len(x),), k, dtype=torch.long, device=case.device))
+                assert lp.shape == (len(x),), f"log_prob(x, class {k}) returned {tuple(lp.shape)}; expected ({len(x)},)"
+                assert torch.isfinite(lp).all(), f"log_prob(x, class {k}) has non-finite values; expected finite"
+        first = _seeded(lambda: model.sample((32,), context=0), 5)
+        second = _seeded(lambda: model.sample((32,), context=1), 5)
+    assert first.shape == second.shape == (32, *model.event_shape), (
+        f"sample((32,), context=k) returned {tuple(first.shape)}; expected {(32, *model.event_shape)}")
+    assert not torch.equal(first, second), ("samples of class 0 and class 1 are identical under the same seed; "
+                                            "expected the class to change them")
+    return None
 
 
 CHECKS: dict[str, Callable[[ConformanceCase], None]] = {
@@ -328,6 +373,7 @@ CHECKS: dict[str, Callable[[ConformanceCase], None]] = {
     "checkpoint_round_trip": check_checkpoint_round_trip,
     "density_integrates": check_density_integrates,
     "bound": check_bound,
+    "conditional": check_conditional,
 }
 
 
@@ -391,3 +437,6 @@ class FamilyConformance:
 
     def test_bound(self):
         run_check(check_bound, self._case())
+
+    def test_conditional(self):
+        run_check(check_conditional, self._case())

@@ -83,7 +83,7 @@ class Autoencoder(GenerativeModel):
         return self.reconstruction_error(x).mean()
 
     @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
+    def reconstruct(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """(N, *event_shape) -> g(f(x)) as a mean: pixel probabilities for binarised data; same shape as x."""
         self.validate_sample(x)
         return self._decoded_mean(self.encode(x)).reshape(x.shape)

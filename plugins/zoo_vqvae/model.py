@@ -203,7 +203,7 @@ class VQVAE(GenerativeModel):
         return torch.sigmoid(a) if log_var is None else a.clamp(0.0, 1.0)
 
     @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
+    def reconstruct(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """(N, C, H, W) -> the decoder mean at z_q(x): Bernoulli probabilities or Gaussian means."""
         x, batch = self._check(x)
         a, log_var = self.decode(self.code_vectors(self.quantize(self.encode(x))))

@@ -43,7 +43,8 @@ class FrechetDistance(FeatureSampleMetric):
 
     name = "frechet"
     summary = ("Fréchet distance between Gaussian fits to features of samples and held-out data "
-               "(zoo classifier features for images, data space for 2-D), with its two-halves data floor")
+               "(a zoo classifier's features for digits/MNIST, seeded random-CNN features for other images, data "
+               "space for vectors), with its two-halves data floor")
     space_key = "fd_feature_extractor"
 
     def describe(self, model) -> str:

@@ -73,7 +73,8 @@ class PrecisionRecall(FeatureSampleMetric):
 
     name = "precision_recall"
     summary = ("k-NN (k=3) precision/recall (Kynkäänniemi 2019) and density/coverage (Naeem 2020) of samples "
-               "vs held-out data, in classifier features (images) or data space (2-D)")
+               "vs held-out data, in the Fréchet metric's feature space (classifier or random-CNN features for images, "
+               "data space for vectors)")
     space_key = "pr_space"
 
     def describe(self, model) -> str:

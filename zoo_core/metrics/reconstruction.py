@@ -50,7 +50,7 @@ class Reconstruction(Metric):
 
     @torch.no_grad()
     def update(self, model, x: Tensor, context: Tensor | None = None) -> None:
-        x_hat = model.reconstruct(x)
+        x_hat = model.reconstruct(x) if context is None else model.reconstruct(x, context)
         if tuple(x_hat.shape) != tuple(x.shape):
             raise ValueError(f"{model.family}: reconstruct(x) returned shape {tuple(x_hat.shape)} for x of shape "
                              f"{tuple(x.shape)}")
