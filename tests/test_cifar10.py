@@ -144,9 +144,9 @@ def test_download_verifies_the_md5_and_leaves_no_partial_file(archive, tmp_path_
 
 
 def test_cifar10_registry_entries_resolve():
-    from zoo_core.registry import Registry
+    from zoo_core.api import default_zoo
 
-    registry = Registry()
+    registry = default_zoo().registry
     names = [n for n in registry.names() if n.endswith("-cifar10")]
     assert {"flow-cifar10", "diffusion-cifar10", "vae-cifar10", "autoregressive-cifar10"} <= set(names)
     for name in names:
@@ -173,11 +173,11 @@ SMALL = {  # tiny settings: this checks that each family accepts 3-channel 32x32
 @pytest.mark.parametrize("family", sorted(SMALL))
 def test_family_accepts_three_channel_images(family):
     from zoo_core.data.spec import DataSpec
-    from zoo_core.plugins import get_plugins
+    from zoo_core.api import default_zoo
 
     spec = DataSpec("cifar10", (3, 32, 32), "dequantized", 256, {}, num_classes=10)
     torch.manual_seed(0)
-    model = get_plugins().family(family)(data=spec.to_dict(), optim=None, **SMALL[family]).eval()
+    model = default_zoo().family(family)(data=spec.to_dict(), optim=None, **SMALL[family]).eval()
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         if model.likelihood != "none":
@@ -191,8 +191,8 @@ def test_pixelcnn_needs_single_channel_images():
     """The autoregressive plugin's PixelCNN masks are for one channel (no R -> G -> B ordering yet), so a
     CIFAR-10 PixelCNN entry waits for it; the registry has a MADE entry instead."""
     from zoo_core.data.spec import DataSpec
-    from zoo_core.plugins import get_plugins
+    from zoo_core.api import default_zoo
 
     spec = DataSpec("cifar10", (3, 32, 32), "dequantized", 256)
     with pytest.raises(ValueError, match="single-channel"):
-        get_plugins().family("autoregressive")(data=spec.to_dict(), optim=None, architecture="pixelcnn")
+        default_zoo().family("autoregressive")(data=spec.to_dict(), optim=None, architecture="pixelcnn")

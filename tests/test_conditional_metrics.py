@@ -67,9 +67,9 @@ def test_conditional_metrics_apply_only_to_conditional_models():
     bound.likelihood = "bound"
     assert "the bound classifies" in GenerativeClassifierAccuracy().describe(bound)
     registered = {}
-    register_metrics(lambda name, cls: registered.setdefault(name, cls))
-    assert registered["generative_classifier"] is GenerativeClassifierAccuracy
-    assert registered["conditional_samples"] is ConditionalSampleAccuracy
+    register_metrics(lambda name, ref: registered.setdefault(name, ref))
+    assert registered["generative_classifier"].load() is GenerativeClassifierAccuracy  # lazy registrations
+    assert registered["conditional_samples"].load() is ConditionalSampleAccuracy
 
 
 def test_nll_says_conditional():

@@ -91,7 +91,9 @@ def test_run_all_records_passes_and_skip_reasons():
     assert set(report) == set(CHECKS)
     assert report["density_integrates"].startswith("skipped: ") and "2-D data" in report["density_integrates"]
     assert report["bound"].startswith("skipped: ")
-    assert all(report[name] == "passed" for name in CHECKS if name not in ("density_integrates", "bound")), report
+    assert report["conditional"].startswith("skipped: ") and "unconditional" in report["conditional"]
+    assert all(report[name] == "passed" for name in CHECKS
+               if name not in ("density_integrates", "bound", "conditional")), report
 
 
 @pytest.mark.parametrize("kind", ["sample-override", "sample-inner"])

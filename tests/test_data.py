@@ -198,17 +198,18 @@ def test_unlabelled_dataset_refuses_conditional():
 
 
 def test_registry_passes_conditional_to_the_datamodule(tmp_path):
-    from zoo_core.registry import Registry
+    from zoo_core.api import default_zoo
     from zoo_core.runner import build_datamodule
 
     path = tmp_path / "r.yaml"
     path.write_text("c:\n  family: gmm\n  data: {name: digits, representation: dequantized, conditional: true}\n"
                     "m:\n  family: gmm\n  data: {name: moons, conditional: true}\n"
                     "u:\n  family: gmm\n  data: {name: array, path: nowhere.npy, label_column: 2}\n")
-    registry = Registry([str(path)])
+    zoo = default_zoo().with_registry([str(path)])
+    registry = zoo.registry
     config = registry.resolve("c")
     assert config["data"]["conditional"] is True
-    assert build_datamodule(config).spec.conditional
+    assert build_datamodule(zoo, config).spec.conditional
     assert registry.resolve("u")["data"]["label_column"] == 2
     with pytest.raises(DataError, match="'moons' has no labels"):
-        build_datamodule(registry.resolve("m"))
+        build_datamodule(zoo, registry.resolve("m"))

@@ -151,8 +151,8 @@ def test_gan_manual_optimisation_names_the_discriminator_parameter(tmp_path):
     class NaNDiscriminatorGradient(GAN):
         family = "nangrad-gan"
 
-        def discriminator_loss(self, real, fake):
-            d_loss, value = super().discriminator_loss(real, fake)
+        def discriminator_loss(self, real, fake, y=None):
+            d_loss, value = super().discriminator_loss(real, fake, y)
             if int(self.d_step_count) >= 3:
                 last = list(self.discriminator.parameters())[-1]
                 d_loss = d_loss + 0.0 * torch.sqrt(0.0 * last.sum())  # value unchanged, gradient NaN

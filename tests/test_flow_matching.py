@@ -8,7 +8,7 @@ import torch
 
 from zoo_core.data.spec import DataSpec
 from zoo_core.errors import ConfigError
-from zoo_core.registry import Registry
+from zoo_core.api import default_zoo
 from zoo_core.testing import case_from_config
 from zoo_flow_matching import FlowMatching
 
@@ -123,7 +123,7 @@ def test_binarized_data_are_refused():
 
 def test_checkpointed_settings_rebuild_the_same_likelihood():
     """The registry entry's settings reach the model (exact trace in 2-D, dopri5)."""
-    case = case_from_config(Registry().resolve("flow_matching-moons"), batch=8)
+    case = case_from_config(default_zoo(), default_zoo().resolve("flow_matching-moons"), batch=8)
     model = case.model()
     assert model.ode.trace_for(2) == "exact" and model.sample_solver.method == "dopri5"
     assert model.hparams["trace"] == "exact"

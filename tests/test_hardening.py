@@ -187,9 +187,11 @@ def test_sample_o_a_directory_or_under_a_file_is_one_line(cli_run, trained, tmp_
 
 # ---- 3. signals ----------------------------------------------------------------------------------------
 def _start_long_training(runs: Path) -> tuple[subprocess.Popen, Path]:
+    # gradient fit (EM would converge in a few epochs): a run long enough to be interrupted
     proc = subprocess.Popen([sys.executable, "-m", "zoo_core", "train", "gmm-moons", "--max-epochs", "200",
                              "--runs-dir", str(runs), "--no-progress", "--accelerator", "cpu",
-                             "--set", "eval.metrics=[nll]", *SMALL_DATA],
+                             "--set", "eval.metrics=[nll]", "--set", "model.fit=gradient",
+                             "--set", "train.batch_size=100", *SMALL_DATA],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=zoo_env())
     last = runs / "gmm-moons" / "version_0" / "checkpoints" / "last.ckpt"
     for _ in range(6000):  # a hang guard, not a timing assertion

@@ -122,10 +122,10 @@ def build_checked(cls, kwargs: dict, shapes: dict[str, tuple[int, ...]], where, 
             probe = cls(**kwargs)
     except ZooError:
         raise
-    except (TypeError, ValueError, KeyError) as exc:
-        raise rejected(exc) from None
-    except Exception:  # RuntimeError / NotImplementedError: the constructor needs real tensor values
-        probe = None
+    except Exception as exc:
+        if isinstance(exc, (TypeError, ValueError, KeyError)) and "meta" not in str(exc).lower():
+            raise rejected(exc) from None
+        probe = None  # the constructor needs real tensor values (.item(), numpy, nonzero on meta)
     if probe is not None:
         _compare_shapes(stored_shapes(probe.state_dict()), shapes, where, getattr(cls, "family", cls.__name__))
         total = sum(t.numel() for t in probe.parameters()) + sum(b.numel() for b in probe.buffers())

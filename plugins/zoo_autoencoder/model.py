@@ -1,7 +1,7 @@
 """Deterministic autoencoder with a Gaussian mixture fitted in its latent space for sampling.
 
 An encoder f maps x to a code z = f(x) and a decoder g maps it back; training minimises the
-reconstruction loss (the seed's autoencoder row: "reconstruction loss"):
+reconstruction loss:
 
     binarised data:  L(x) = -sum_d [x_d log g_d(z) + (1 - x_d) log(1 - g_d(z))]   (Bernoulli)
     continuous data: L(x) = 1/2 sum_d (x_d - g_d(z))^2                             (unit Gaussian)

@@ -402,10 +402,10 @@ class DDPM(GenerativeModel):
     def _eps(self, net: nn.Module, x_t: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
         n = len(x_t)
         t_in = t.to(x_t.dtype) * (1000.0 / self.timesteps)
-        cond = net.class_embed(labels) if labels is not None else None  # (N, E)
+        extra = (net.class_embed(labels),) if labels is not None else ()  # (N, E): the label's embedding
         if self.network == "mlp":
-            return net(x_t.reshape(n, -1), t_in, cond).reshape(x_t.shape)
-        return net(x_t, t_in, cond)
+            return net(x_t.reshape(n, -1), t_in, *extra).reshape(x_t.shape)
+        return net(x_t, t_in, *extra)
 
     # ---- the forward process -------------------------------------------------------------------------
     def q_mean_var(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
