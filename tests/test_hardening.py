@@ -520,3 +520,17 @@ def test_size_caps_are_config_errors(cli_run, tmp_path, override, fragment):
     result = cli_run("train", "gmm-moons", "--runs-dir", tmp_path / "runs", *TINY, "--set", override)
     assert_user_error(result, override.split("=")[0], fragment)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_crash_between_two_best_checkpoints_leaves_one_best_after_resume(tmp_path):
+    """A new best-*.ckpt written, the process killed before the old one was removed: the resumed
+    run keeps only the best that its last.ckpt knows (and then its own)."""
+    runs = tmp_path / "runs"
+    common = ["--runs-dir", str(runs), "--no-progress", "--accelerator", "cpu", "--set", "eval.metrics=[nll]",
+              "--set", "model.fit=gradient", "--set", "train.batch_size=300", *SMALL_DATA]
+    assert cli.main(["train", "gmm-moons", "--max-epochs", "2", *common]) == 0
+    checkpoints = runs / "gmm-moons" / "version_0" / "checkpoints"
+    (best,) = checkpoints.glob("best-*.ckpt")
+    (checkpoints / "best-epoch999-step9999.ckpt").write_bytes(best.read_bytes())  # the crash's leftover
+    assert cli.main(["train", "gmm-moons", "--resume", str(checkpoints.parent), "--max-epochs", "3", *common]) == 0
+    assert len(list(checkpoints.glob("best-*.ckpt"))) == 1

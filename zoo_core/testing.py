@@ -205,17 +205,23 @@ def check_loss_drops(case: ConformanceCase, steps: int = LOSS_DROP_STEPS) -> Non
 def check_sample_shapes(case: ConformanceCase) -> None:
     model = case.model().eval()
     event = tuple(model.event_shape)
+    label = _one_label(case)
     with torch.no_grad():
         for shape, shown in (((8,), "(8,)"), ((2, 3), "(2, 3)"), (4, "4"), ((), "()")):
             expected = (*as_sample_shape(shape), *event)
             try:
-                got = tuple(model.sample(shape).shape)
+                got = tuple(model.sample(shape, context=label).shape)
             except InterfaceError as exc:  # the base class's own contract check
                 raise AssertionError(str(exc)) from None
             assert got == expected, f"sample({shown}) returned {got}; expected {expected}"
-        samples = model.sample((16,))
+        samples = model.sample((16,), context=label)
         assert torch.isfinite(samples).all(), (f"sample((16,)) returned {int((~torch.isfinite(samples)).sum())} "
                                                f"NaN or infinite value(s); expected finite samples")
+
+
+def _one_label(case: ConformanceCase) -> Tensor | None:
+    """The first example's label for a conditional case (``sample`` broadcasts it), else None."""
+    return case.context[0] if case.context is not None else None
 
 
 def check_reproducible(case: ConformanceCase) -> None:
@@ -224,7 +230,9 @@ def check_reproducible(case: ConformanceCase) -> None:
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(pa, pb), f"parameter {name} differs between two models built with the same seed"
     with torch.no_grad():
-        assert torch.equal(_seeded(lambda: a.sample((8,)), 3), _seeded(lambda: b.sample((8,)), 3)), (
+        label = _one_label(case)
+        assert torch.equal(_seeded(lambda: a.sample((8,), context=label), 3),
+                           _seeded(lambda: b.sample((8,), context=label), 3)), (
             "two models built with the same seed drew different samples under the same seed; expected identical")
         la, lb = _seeded(lambda: a.loss(case.data, case.context), 4), _seeded(lambda: b.loss(case.data, case.context), 4)
         assert torch.equal(la, lb), (f"two models built with the same seed gave losses {float(la)} and {float(lb)} "

@@ -76,7 +76,7 @@ class FlowMatching(GenerativeModel):
     family = "flow_matching"
     likelihood = "exact"
     #: the conformance kit integrates exp(log_prob) on a coarser grid: each point is an ODE solve
-    conformance_grid_points = 150
+    conformance_grid_points = 100
     representations = ("dequantized", "continuous")
     event_ranks = (1, 3)
 

@@ -283,17 +283,48 @@ def _exclusive(lock_path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _load(path: Path, meta_path: Path, recipe: Recipe) -> tuple[ClassifierNet, dict] | None:
-    """The cached classifier, or None when absent or unreadable (it is then retrained)."""
+CHECK_EXAMPLES = 500  # the fixed test batch a cached classifier is re-checked on at every load
+CHECK_TOLERANCE = 0.02  # largest accepted change of its accuracy on that batch
+
+
+def check_batch(dataset: str, representation: str, data_dir) -> tuple[Tensor, Tensor]:
+    """The first CHECK_EXAMPLES test examples (fixed dequantisation noise) and their labels."""
+    _, _, xt_levels, yt, num_levels = _labelled_splits(dataset, data_dir)
+    xt = _represent(xt_levels[:CHECK_EXAMPLES], representation, num_levels,
+                    torch.Generator().manual_seed(TEST_NOISE_SEED))
+    return xt, yt[:CHECK_EXAMPLES]
+
+
+def check_accuracy(net: ClassifierNet, batch: tuple[Tensor, Tensor]) -> float:
+    x, y = batch
+    with torch.no_grad():
+        return float((net(x).argmax(1) == y).float().mean())
+
+
+def _load(path: Path, meta_path: Path, recipe: Recipe, batch: tuple[Tensor, Tensor]) -> tuple[ClassifierNet, dict] | None:
+    """The cached classifier, or None when absent, unreadable or not verified (it is then retrained).
+
+    Verified: the weights' sha256 equals the one recorded beside them, the network is built for the
+    dataset's own image shape (not a shape read from the file), and its accuracy on a fixed test
+    batch is within CHECK_TOLERANCE of the recorded one, so a loadable but wrong (e.g. all-zero)
+    classifier is never used to measure samples."""
     if not (path.is_file() and meta_path.is_file()):
         return None
     try:
         meta = json.loads(meta_path.read_text())
-        net = ClassifierNet(recipe, tuple(meta["event_shape"]))
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return net.eval(), meta
-    except Exception as exc:  # a corrupt or foreign file: retrain rather than fail the evaluation
-        log.warning("zoo: ignoring unreadable cached classifier %s (%s)", path, exc)
+        blob = path.read_bytes()
+        if meta.get("weights_sha256") != hashlib.sha256(blob).hexdigest():
+            raise ValueError("its weights do not match the recorded sha256")
+        net = ClassifierNet(recipe, tuple(batch[0].shape[1:]))
+        net.load_state_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
+        net.eval()
+        accuracy = check_accuracy(net, batch)
+        recorded = float(meta["check_accuracy"])
+        if abs(accuracy - recorded) > CHECK_TOLERANCE:
+            raise ValueError(f"its accuracy on the check batch is {accuracy:.2%}, recorded {recorded:.2%}")
+        return net, meta
+    except Exception as exc:  # a corrupt, foreign or tampered file: retrain rather than fail the evaluation
+        log.warning("zoo: ignoring cached classifier %s (%s); training it again", path, exc)
         return None
 
 
@@ -309,7 +340,8 @@ def get_feature_extractor(dataset: str, representation: str, data_dir=None) -> F
     if str(path) in _LOADED:
         return _LOADED[str(path)]
     meta_path = path.with_suffix(".json")
-    loaded = _load(path, meta_path, recipe)
+    batch = check_batch(dataset, representation, data_dir)
+    loaded = _load(path, meta_path, recipe, batch)
     if loaded is None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,7 +349,7 @@ def get_feature_extractor(dataset: str, representation: str, data_dir=None) -> F
             raise DataError(f"cannot create the classifier cache {path.parent} ({exc.strerror or exc}); "
                             f"set {CACHE_ENV} to a writable directory") from None
         with _exclusive(path.with_suffix(".lock")):
-            loaded = _load(path, meta_path, recipe)  # another process may have trained it meanwhile
+            loaded = _load(path, meta_path, recipe, batch)  # another process may have trained it meanwhile
             if loaded is None:
                 log.info("zoo: training the %s-%s feature classifier (once; cached in %s)", dataset,
                          representation, path.parent)
@@ -326,6 +358,8 @@ def get_feature_extractor(dataset: str, representation: str, data_dir=None) -> F
                         "recipe_hash": recipe_hash(dataset, representation, recipe), **meta}
                 weights = io.BytesIO()
                 torch.save(net.state_dict(), weights)
+                meta["weights_sha256"] = hashlib.sha256(weights.getvalue()).hexdigest()
+                meta["check_accuracy"] = check_accuracy(net, batch)
                 write_atomic(path, weights.getvalue())
                 write_atomic(meta_path, json.dumps(meta, indent=2))
                 loaded = net, meta

@@ -52,6 +52,7 @@ class Resolved:
     resume_dir: Path | None = None
     saved_optim: dict | None = None
     saved_config: dict | None = None
+    best_checkpoints: tuple[str, ...] = ()  # file names of the best checkpoint(s) the resumed checkpoint knows
 
 
 def resolve_config(zoo, entry: str, opts: RunOptions) -> Resolved:
@@ -88,4 +89,6 @@ def resolve_config(zoo, entry: str, opts: RunOptions) -> Resolved:
     if max_epochs is not None and max_epochs != -1 and max_epochs < done:
         raise ConfigError(f"--resume: train.max_epochs={max_epochs} is below the {done} epoch(s) the run "
                           f"has already done; give a larger --max-epochs")
-    return Resolved(config, ckpt, run_dir or ckpt.parent.parent, saved.get("optim"), saved)
+    best = tuple(Path(state["best_model_path"]).name for key, state in (checkpoint.get("callbacks") or {}).items()
+                 if isinstance(state, dict) and state.get("best_model_path") and "ModelCheckpoint" in str(key))
+    return Resolved(config, ckpt, run_dir or ckpt.parent.parent, saved.get("optim"), saved, best)

@@ -84,7 +84,13 @@ def shared_run_dir(run_dir: Path):
                 os.environ[key] = value
 
 
-def remove_stale_temporaries(run_dir: Path) -> None:
-    """Temporary checkpoint files left by a process killed mid-save."""
+def remove_stale_temporaries(run_dir: Path, best_checkpoints: tuple[str, ...] | None = None) -> None:
+    """Temporary checkpoint files left by a process killed mid-save; when resuming, also "best"
+    checkpoints that the resumed checkpoint does not know (a crash after a new best was written but
+    before the previous best was removed), so a run never has two bests."""
     for stale in (run_dir / "checkpoints").glob(".*.tmp*"):
         stale.unlink(missing_ok=True)
+    if best_checkpoints:
+        for best in (run_dir / "checkpoints").glob("best-*.ckpt"):
+            if best.name not in best_checkpoints:
+                best.unlink(missing_ok=True)

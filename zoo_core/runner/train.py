@@ -73,7 +73,7 @@ def _fit_and_evaluate(zoo, entry, opts, resolved, datamodule, model, run_dir: Pa
         trainer.callbacks.append(OptimOverride(resolved.saved_optim, config["optim"]))
     share_cpu_cores(trainer)
     if trainer.is_global_zero:
-        remove_stale_temporaries(run_dir)
+        remove_stale_temporaries(run_dir, resolved.best_checkpoints if resolved.resume_ckpt else None)
         write_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     clock = next(c for c in trainer.callbacks if isinstance(c, TrainClock))
     start = clock.start = time.perf_counter()
