@@ -25,7 +25,12 @@ def run_metrics(zoo, trainer: pl.Trainer, model, datamodule, config: dict) -> di
     for split in config["eval"]["splits"] if metrics else []:
         model.zoo_metrics = metrics
         datamodule.test_split = split
-        trainer.test(model, datamodule=datamodule, verbose=False)
+        try:
+            trainer.test(model, datamodule=datamodule, verbose=False)
+        except SystemExit:  # Lightning turns Ctrl-C (KeyboardInterrupt) into sys.exit(1) after its teardown
+            if trainer.interrupted:
+                raise KeyboardInterrupt from None
+            raise
         results[split] = dict(model.zoo_results)
     model.zoo_metrics = []
     # described after measuring: a description may name what the measurement set up (e.g. the
