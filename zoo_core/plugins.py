@@ -61,6 +61,25 @@ class Lazy:
         return getattr(module, attr) if attr else module
 
 
+def family_plugin(family: Lazy, exports: dict[str, str]):
+    """The two module attributes of a plugin that registers one lazily imported family:
+    ``register_families, __getattr__ = family_plugin(FAMILY, {"GMM": "zoo_gmm.model:GMM"})``.
+    The hook registers ``family``; ``__getattr__`` imports the exported names on first use, so the
+    plugin module itself imports no torch."""
+    from zoo_core.hookspecs import hookimpl
+
+    @hookimpl
+    def register_families(register):
+        register(family)
+
+    def __getattr__(name: str):
+        if name in exports:
+            return Lazy(exports[name]).load()
+        raise AttributeError(f"module {family.target.partition('.')[0]!r} has no attribute {name!r}")
+
+    return register_families, __getattr__
+
+
 class Registration:
     """What one plugin registered under one name: a class, or a :class:`Lazy` reference to it
     (imported and checked on first use of ``obj``)."""

@@ -2,24 +2,11 @@
 
 The model module (torch, Lightning) is imported when the family is first used, not when the zoo
 lists its plugins."""
-from zoo_core.hookspecs import hookimpl
-from zoo_core.plugins import Lazy
+from zoo_core.plugins import Lazy, family_plugin
 
 __version__ = "0.1.0"
 __all__ = ["Autoencoder", "register_families"]
 
 FAMILY = Lazy("zoo_autoencoder.model:Autoencoder", family="autoencoder", likelihood="none", conditional=True,
               summary="Deterministic autoencoder + latent Gaussian mixture (ex-post density estimation).")
-
-
-@hookimpl
-def register_families(register):
-    register(FAMILY)
-
-
-def __getattr__(name: str):
-    if name == "Autoencoder":
-        from zoo_autoencoder.model import Autoencoder
-
-        return Autoencoder
-    raise AttributeError(f"module 'zoo_autoencoder' has no attribute {name!r}")
+register_families, __getattr__ = family_plugin(FAMILY, {"Autoencoder": "zoo_autoencoder.model:Autoencoder"})

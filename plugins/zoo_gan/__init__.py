@@ -2,24 +2,11 @@
 
 The model module (torch, Lightning) is imported when the family is first used, not when the zoo
 lists its plugins."""
-from zoo_core.hookspecs import hookimpl
-from zoo_core.plugins import Lazy
+from zoo_core.plugins import Lazy, family_plugin
 
 __version__ = "0.1.0"
 __all__ = ["GAN", "register_families"]
 
 FAMILY = Lazy("zoo_gan.model:GAN", family="gan", likelihood="none", conditional=True,
               summary="Generative adversarial network (Goodfellow et al. 2014): MLP or DCGAN nets, no likelihood.")
-
-
-@hookimpl
-def register_families(register):
-    register(FAMILY)
-
-
-def __getattr__(name: str):
-    if name == "GAN":
-        from zoo_gan.model import GAN
-
-        return GAN
-    raise AttributeError(f"module 'zoo_gan' has no attribute {name!r}")
+register_families, __getattr__ = family_plugin(FAMILY, {"GAN": "zoo_gan.model:GAN"})

@@ -2,24 +2,11 @@
 
 The model module (torch, Lightning) is imported when the family is first used, not when the zoo
 lists its plugins."""
-from zoo_core.hookspecs import hookimpl
-from zoo_core.plugins import Lazy
+from zoo_core.plugins import Lazy, family_plugin
 
 __version__ = "0.1.0"
 __all__ = ["GMM", "register_families"]
 
 FAMILY = Lazy("zoo_gmm.model:GMM", family="gmm", likelihood="exact", conditional=True,
               summary="Gaussian mixture (full or diagonal covariances), maximum likelihood.")
-
-
-@hookimpl
-def register_families(register):
-    register(FAMILY)
-
-
-def __getattr__(name: str):
-    if name == "GMM":
-        from zoo_gmm.model import GMM
-
-        return GMM
-    raise AttributeError(f"module 'zoo_gmm' has no attribute {name!r}")
+register_families, __getattr__ = family_plugin(FAMILY, {"GMM": "zoo_gmm.model:GMM"})

@@ -2,24 +2,11 @@
 
 The model module (torch, Lightning) is imported when the family is first used, not when the zoo
 lists its plugins."""
-from zoo_core.hookspecs import hookimpl
-from zoo_core.plugins import Lazy
+from zoo_core.plugins import Lazy, family_plugin
 
 __version__ = "0.1.0"
 __all__ = ["VQVAE", "register_families"]
 
 FAMILY = Lazy("zoo_vqvae.model:VQVAE", family="vqvae", likelihood="bound",
               summary="VQ-VAE (van den Oord et al. 2017) with an autoregressive prior over its codes.")
-
-
-@hookimpl
-def register_families(register):
-    register(FAMILY)
-
-
-def __getattr__(name: str):
-    if name == "VQVAE":
-        from zoo_vqvae.model import VQVAE
-
-        return VQVAE
-    raise AttributeError(f"module 'zoo_vqvae' has no attribute {name!r}")
+register_families, __getattr__ = family_plugin(FAMILY, {"VQVAE": "zoo_vqvae.model:VQVAE"})
