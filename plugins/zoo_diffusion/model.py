@@ -142,6 +142,7 @@ from torch import Tensor, nn
 
 from zoo_core.errors import ConfigError
 from zoo_core.model import GenerativeModel, as_sample_shape, gaussian_log_prob
+from zoo_core.nn import ema_update
 from zoo_core.ode import LikelihoodSettings, LogDensityEstimate, standard_normal_log_prob
 
 from .nets import TimeMLP, UNet
@@ -447,13 +448,7 @@ class DDPM(GenerativeModel):
         if self.ema_net is None:
             return
         self.ema_updates += 1
-        n = float(self.ema_updates)
-        decay = min(self.ema_decay, (1 + n) / (10 + n))
-        with torch.no_grad():
-            for p_ema, p in zip(self.ema_net.parameters(), self.net.parameters()):
-                p_ema.lerp_(p.detach(), 1 - decay)
-            for b_ema, b in zip(self.ema_net.buffers(), self.net.buffers()):
-                b_ema.copy_(b)
+        ema_update(self.ema_net, self.net, int(self.ema_updates), self.ema_decay)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, context = self.split_batch(batch)

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from zoo_core.errors import ConfigError
 from zoo_core.model import GenerativeModel, as_sample_shape
-from zoo_core.nn import ACTIVATIONS
+from zoo_core.nn import ACTIVATIONS, ema_update
 from zoo_core.ode import LikelihoodSettings, LogDensityEstimate, Solver, odeint, standard_normal_log_prob
 
 from .nets import VelocityConvNet, VelocityMLP
@@ -177,11 +177,7 @@ class FlowMatching(GenerativeModel):
         if self.ema_net is None:
             return
         self.ema_updates += 1
-        n = float(self.ema_updates)
-        decay = min(self.ema_decay, (1 + n) / (10 + n))
-        with torch.no_grad():
-            for p_ema, p in zip(self.ema_net.parameters(), self.net.parameters()):
-                p_ema.lerp_(p.detach(), 1 - decay)
+        ema_update(self.ema_net, self.net, int(self.ema_updates), self.ema_decay)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, _ = self.split_batch(batch)
