@@ -92,11 +92,19 @@ def model_samples(model, n: int) -> Tensor:
         devices = [model.device] if model.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(SEED)
-            samples = model.sample((n,))  # shape-checked by the model
+            samples = model.sample((n,), context=_labels_for_marginal(model, n))  # shape-checked by the model
             samples = samples.detach().float().cpu()
         cache = {key: samples}  # only the latest model state is kept
         object.__setattr__(model, "_zoo_sample_cache", cache)
     return cache[key]
+
+
+def _labels_for_marginal(model, n: int) -> Tensor | None:
+    """A conditional model that cannot sample its marginal gets n labels drawn uniformly (seeded by
+    the caller), so its samples are compared with the whole split; other models get None."""
+    if not getattr(model, "is_conditional", False) or model.samples_marginal or model.data_spec.context_shape:
+        return None
+    return torch.randint(int(model.num_classes), (n,), device=model.device)
 
 
 def uses_classifier(model) -> bool:
