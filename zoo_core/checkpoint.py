@@ -127,7 +127,7 @@ def build_checked(cls, kwargs: dict, shapes: dict[str, tuple[int, ...]], where, 
             raise rejected(exc) from None
         probe = None  # the constructor needs real tensor values (.item(), numpy, nonzero on meta)
     if probe is not None:
-        _compare_shapes(stored_shapes(probe.state_dict()), shapes, where, getattr(cls, "family", cls.__name__))
+        compare_shapes(stored_shapes(probe.state_dict()), shapes, where, getattr(cls, "family", cls.__name__))
         total = sum(t.numel() for t in probe.parameters()) + sum(b.numel() for b in probe.buffers())
         del probe
         if total > budget:
@@ -145,7 +145,7 @@ def build_checked(cls, kwargs: dict, shapes: dict[str, tuple[int, ...]], where, 
         raise rejected(exc) from None
 
 
-def _compare_shapes(built: dict, stored: dict, where, family: str) -> None:
+def compare_shapes(built: dict, stored: dict, where, family: str) -> None:
     missing = sorted(set(built) - set(stored))
     unexpected = sorted(set(stored) - set(built))
     if missing:

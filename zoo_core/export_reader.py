@@ -11,7 +11,7 @@ import yaml
 from zoo_core.checkpoint import EXPORT_CONFIG as CONFIG
 from zoo_core.checkpoint import EXPORT_MANIFEST as MANIFEST
 from zoo_core.checkpoint import EXPORT_WEIGHTS as WEIGHTS
-from zoo_core.checkpoint import build_checked, export_dir_of, family_not_installed
+from zoo_core.checkpoint import build_checked, compare_shapes, export_dir_of, family_not_installed
 from zoo_core.errors import CheckpointError
 
 FORMAT = "zoo-export"
@@ -96,21 +96,11 @@ def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 def check_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Names, shapes and dtypes of ``tensors`` must match ``model.state_dict()`` exactly."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing:
-        raise CheckpointError(f"{path}: missing tensor(s) {', '.join(missing[:5])}"
-                              f"{' ...' if len(missing) > 5 else ''} that family '{model.family}' needs")
-    if unexpected:
-        raise CheckpointError(f"{path}: unexpected tensor(s) {', '.join(unexpected[:5])}"
-                              f"{' ...' if len(unexpected) > 5 else ''} for family '{model.family}'")
+    compare_shapes({k: tuple(v.shape) for k, v in expected.items()}, {k: tuple(v.shape) for k, v in tensors.items()},
+                    path, model.family)
     for name, want in expected.items():
-        got = tensors[name]
-        if tuple(got.shape) != tuple(want.shape):
-            raise CheckpointError(f"{path}: tensor '{name}' has shape {tuple(got.shape)}, but family "
-                                  f"'{model.family}' built from {CONFIG} expects {tuple(want.shape)}")
-        if got.dtype != want.dtype:
-            raise CheckpointError(f"{path}: tensor '{name}' has dtype {got.dtype}, expected {want.dtype}")
+        if tensors[name].dtype != want.dtype:
+            raise CheckpointError(f"{path}: tensor '{name}' has dtype {tensors[name].dtype}, expected {want.dtype}")
 
 
 def load_export(path: str | Path, zoo):
