@@ -65,7 +65,9 @@ def test_table_names_each_figures_n_when_rows_differ(mixed):
     assert cells["old-run"] == "FD 4.000 (0.500), n unknown"
     md = markdown_tables(_board(mixed))
     small = next(line for line in md.splitlines() if line.startswith("| `small-n`"))
-    assert "0.500 \u00b1 0.000 (-0.200), n = 150" in small  # KID beside its own n
+    assert "| 0.500 (-0.200), n = 150 |" in small  # KID beside its own n (no spread: the one subset is all n)
+    large = next(line for line in md.splitlines() if line.startswith("| `large-n`"))
+    assert "| 0.600 \u00b1 0.100 (0.010), n = 2000 |" in large
     assert "KID \u00b1 std (data floor), at each row's n" in md and "compare them only at the same n" in md
 
 

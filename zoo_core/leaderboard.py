@@ -65,8 +65,8 @@ def make_row(zoo, entry: str, config: dict, metrics: dict | None, how: str, erro
         family = zoo.plugins.families.get(config["family"])
         kind = family.meta("likelihood") if family is not None else None
     fd = _get(r, "fd")
-    quality = ({"statistic": "FD", "value": fd, "data_floor": _get(r, "fd_data_floor"), "n": _count(r, "fd_num_samples")}
-               if fd is not None else
+    quality = ({"statistic": "FD", "value": fd, "data_floor": _get(r, "fd_data_floor"),
+                "n": _count(r, "fd_num_samples")} if fd is not None else
                {"statistic": "SW1", "value": _get(r, "sliced_wasserstein", "sw1"),
                 "data_floor": _get(r, "sliced_wasserstein_data_floor", "sw1_data_floor"),
                 "n": _count(r, "quality_samples")})
@@ -184,7 +184,7 @@ def _quality_cell(row: dict, shared: int | None = None) -> str:
 def _kid_cell(row: dict, shared: int | None = None) -> str:
     if row.get("kid") is None:
         return DASH
-    std = f" \u00b1 {fmt_like(row['kid_std'], row['kid'])}" if row.get("kid_std") is not None else ""
+    std = f" \u00b1 {fmt_like(row['kid_std'], row['kid'])}" if row.get("kid_std") else ""  # 0: one subset, all n
     return f"{fmt(row['kid'])}{std} ({fmt(row.get('kid_data_floor'))}){_n_suffix(row.get('kid_num_samples'), shared)}"
 
 
@@ -258,8 +258,8 @@ def markdown_tables(board: dict) -> str:
              "n = the number of model samples (and of held-out examples) compared: FD and SW1 and their floors "
              "shrink as n grows, so compare them only at the same n"
              + ("; KID = kernel inception distance (unbiased MMD\u00b2, Bi\u0144kowski et al. 2018) in the "
-                "features of FD, \u00b1 its spread over subsets, whose expectation does not depend on n (its floor's "
-                "is 0)" if with_kid else "") + f". {DASH} = not measured by that run."]
+                "features of FD, \u00b1 its spread over subsets of 1000 (where n > 1000), whose expectation does "
+                "not depend on n (its floor's is 0)" if with_kid else "") + f". {DASH} = not measured by that run."]
     expectations = [(r, e) for r in board["rows"] for e in r["expected"]]
     if expectations:
         head = "| entry | metric | ours | expected | kind | status | short by | source | compute (theirs / ours) |"
