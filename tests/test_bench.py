@@ -59,6 +59,8 @@ def test_bench_writes_leaderboard_md_json_png(benched):
     assert gmm["quality"]["statistic"] == ("FD" if "fd" in metrics["test"] else "SW1")
     assert gmm["quality"]["value"] == metrics["test"][key]
     assert gmm["quality"]["data_floor"] == metrics["test"][f"{key}_data_floor"]
+    n_key = {"FD": "fd_num_samples", "SW1": "quality_samples"}[gmm["quality"]["statistic"]]
+    assert gmm["quality"]["n"] == metrics["test"][n_key] == gan["quality"]["n"] == 200  # eval.quality_samples
     assert gmm["train_time_s"] == metrics["wall_time_s"] and gmm["how"] == "trained"
     assert [e["status"] for e in gmm["expected"]] == ["pass", "missing"]
     assert gan["likelihood"] == "none" and gan["nll_nats"] is None and gan["bits_per_dim"] is None
@@ -74,6 +76,7 @@ def test_bench_writes_leaderboard_md_json_png(benched):
     assert cells[:4] == ["`tiny-gan`", "gan", "moons", "none"]
     assert cells[4] == cells[5] == "\u2014"  # no likelihood: an em dash, never a number
     assert "nan" not in md.lower() and "None" not in md
+    assert "| sample quality (data floor), n = 200 |" in md  # one n for every row: said once, in the header
     assert "zoo bench --tier quick" in md and "CPU cores" in md
 
     import matplotlib.pyplot as plt

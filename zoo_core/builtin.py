@@ -29,6 +29,8 @@ METRICS = {
                         "quality_samples"]),
     "frechet": ("zoo_core.metrics.frechet:FrechetDistance",
                 ["fd", "fd_data_floor", "fd_feature_extractor", "fd_num_samples"]),
+    "kid": ("zoo_core.metrics.kid:KernelInceptionDistance",
+            ["kid", "kid_std", "kid_data_floor", "kid_num_samples", "kid_subset_size", "kid_feature_extractor"]),
     "precision_recall": ("zoo_core.metrics.precision_recall:PrecisionRecall",
                          [f"{k}{s}" for k in ("precision", "recall", "density", "coverage")
                           for s in ("", "_data_floor")] + ["pr_k", "pr_num_samples", "pr_space"]),

@@ -3,7 +3,23 @@
 Every figure comes from a run's metrics.json (or eval output); a metric that a run did not
 produce is shown as an em dash, never estimated. Sample quality is the Fréchet distance in a
 classifier's feature space (``fd`` with ``fd_data_floor``) where the run computed it, else the
-sliced Wasserstein-1 distance in data space (``sliced_wasserstein`` with its data floor).
+sliced Wasserstein-1 distance in data space (``sliced_wasserstein`` with its data floor); the kernel
+inception distance (``kid``, Bińkowski et al. 2018) has its own column where a run computed it.
+
+Sample size. Each figure compares n model samples with n held-out examples (``eval.quality_samples``,
+at most half the split), and entries are scored at different n. The plug-in Fréchet distance and the
+empirical sliced Wasserstein distance are biased upwards by an amount that shrinks with n (Chong &
+Forsyth 2020), and so is their data floor, in a different proportion: neither the figure nor its
+ratio to the floor is comparable across n. KID is unbiased (its expectation does not depend on n;
+only its noise does). So:
+
+- the table gives n beside every FD/SW1 and KID figure, or once in the column header when all rows
+  share it;
+- the picture plots "sample distance / data floor" in one panel per n (titled ``n = ...``, each with
+  its own axis), so entries scored at different n never share an axis. Grouping by n was chosen over
+  plotting KID for everyone because KID is not among the default metrics and older runs lack it,
+  while FD or SW1 is in every run; and KID's floor has expectation 0, so KID has no meaningful
+  "distance / floor" ratio to plot.
 """
 from __future__ import annotations
 
@@ -49,9 +65,11 @@ def make_row(zoo, entry: str, config: dict, metrics: dict | None, how: str, erro
         family = zoo.plugins.families.get(config["family"])
         kind = family.meta("likelihood") if family is not None else None
     fd = _get(r, "fd")
-    quality = ({"statistic": "FD", "value": fd, "data_floor": _get(r, "fd_data_floor")} if fd is not None else
+    quality = ({"statistic": "FD", "value": fd, "data_floor": _get(r, "fd_data_floor"),
+                "n": _count(r, "fd_num_samples")} if fd is not None else
                {"statistic": "SW1", "value": _get(r, "sliced_wasserstein", "sw1"),
-                "data_floor": _get(r, "sliced_wasserstein_data_floor", "sw1_data_floor")})
+                "data_floor": _get(r, "sliced_wasserstein_data_floor", "sw1_data_floor"),
+                "n": _count(r, "quality_samples")})
     run_dir = metrics.get("run_dir")
     samples = Path(run_dir) / "samples.png" if run_dir else None
     expected = metrics.get("expected") or []
@@ -62,6 +80,8 @@ def make_row(zoo, entry: str, config: dict, metrics: dict | None, how: str, erro
         "bits_per_dim": _get(r, "bits_per_dim"), "nll_gap_nats": _get(r, "nll_gap_nats"),
         "quality": quality, "mmd2": _get(r, "mmd2"), "mmd2_data_floor": _get(r, "mmd2_data_floor"),
         "fd": fd, "fd_data_floor": _get(r, "fd_data_floor"), "fd_feature_extractor": (r or {}).get("fd_feature_extractor"),
+        "kid": _get(r, "kid"), "kid_std": _get(r, "kid_std"), "kid_data_floor": _get(r, "kid_data_floor"),
+        "kid_num_samples": _count(r, "kid_num_samples"),
         "sliced_wasserstein": _get(r, "sliced_wasserstein", "sw1"),
         "sliced_wasserstein_data_floor": _get(r, "sliced_wasserstein_data_floor", "sw1_data_floor"),
         "precision": _get(r, "precision"), "recall": _get(r, "recall"),
@@ -73,8 +93,14 @@ def make_row(zoo, entry: str, config: dict, metrics: dict | None, how: str, erro
     }
 
 
+def _count(d: dict | None, key: str) -> int | None:
+    """``d[key]`` as a positive whole number (a sample size), else None."""
+    v = _get(d, key)
+    return int(v) if v is not None and v > 0 and v == int(v) else None
+
+
 #: metrics whose keys have their own leaderboard columns
-SHOWN_METRICS = ("nll", "sample_quality", "frechet", "precision_recall", "reconstruction")
+SHOWN_METRICS = ("nll", "sample_quality", "frechet", "kid", "precision_recall", "reconstruction")
 
 
 def _other_metrics(zoo, config: dict, results: dict) -> dict[str, float]:
@@ -135,11 +161,35 @@ def _nll_cell(row: dict) -> str:
     return ("\u2264 " + cell) if row["likelihood"] == "bound" else cell
 
 
-def _quality_cell(row: dict) -> str:
+def shared_n(sizes: list[int | None]) -> int | None:
+    """The one sample size of every measured figure (``None`` entries are figures not measured), or
+    None when they differ or one is unknown: then each cell names its own n."""
+    measured = set(sizes)
+    return measured.pop() if len(measured) == 1 and None not in measured else None
+
+
+def _n_suffix(n: int | None, shared: int | None) -> str:
+    if shared is not None:
+        return ""
+    return f", n = {n}" if n is not None else ", n unknown"
+
+
+def _quality_cell(row: dict, shared: int | None = None) -> str:
     q = row["quality"]
     if q["value"] is None:
         return DASH
-    return f"{q['statistic']} {fmt(q['value'])} ({fmt(q['data_floor'])})"
+    return f"{q['statistic']} {fmt(q['value'])} ({fmt(q['data_floor'])}){_n_suffix(q.get('n'), shared)}"
+
+
+def _kid_cell(row: dict, shared: int | None = None) -> str:
+    if row.get("kid") is None:
+        return DASH
+    std = f" \u00b1 {fmt_like(row['kid_std'], row['kid'])}" if row.get("kid_std") else ""  # 0: one subset, all n
+    return f"{fmt(row['kid'])}{std} ({fmt(row.get('kid_data_floor'))}){_n_suffix(row.get('kid_num_samples'), shared)}"
+
+
+def _header_n(shared: int | None, any_measured: bool) -> str:
+    return f", n = {shared}" if shared is not None else (", at each row's n" if any_measured else "")
 
 
 def _pr_cell(row: dict) -> str:
@@ -176,19 +226,28 @@ def _cell(text: Any) -> str:
 
 def markdown_tables(board: dict) -> str:
     """The main table, then every expectation side by side with its source."""
-    extra = any(r.get("other_metrics") for r in board["rows"])
-    head = ("| entry | family | data | likelihood | NLL (nats) | bits/dim | bound | sample quality (data floor) "
-            "| precision / recall | NLL gap (nats) | train time | epochs | expected |"
+    rows = board["rows"]
+    extra = any(r.get("other_metrics") for r in rows)
+    with_kid = any(r.get("kid") is not None for r in rows)
+    measured = [r for r in rows if r["quality"]["value"] is not None]
+    q_n = shared_n([r["quality"].get("n") for r in measured])
+    kid_rows = [r for r in rows if r.get("kid") is not None]
+    kid_n = shared_n([r.get("kid_num_samples") for r in kid_rows])
+    head = ("| entry | family | data | likelihood | NLL (nats) | bits/dim | bound "
+            f"| sample quality (data floor){_header_n(q_n, bool(measured))} "
+            + (f"| KID \u00b1 std (data floor){_header_n(kid_n, True)} " if with_kid else "")
+            + "| precision / recall | NLL gap (nats) | train time | epochs | expected |"
             + (" other metrics |" if extra else ""))
     lines = [head, "|" + " --- |" * head.count(" | ") + " --- |"]
-    for r in board["rows"]:
+    for r in rows:
         others = ([", ".join(f"{k} {fmt(v)}" for k, v in (r.get("other_metrics") or {}).items()) or DASH]
                   if extra else [])
         data = r["data"] + ("" if r["representation"] == "continuous" else f", {r['representation']}")
         nll = _nll_cell(r) if not r["error"] else f"failed: {r['error']}"
         lines.append("| " + " | ".join(_cell(c) for c in (
             f"`{r['entry']}`", r["family"], data, r["likelihood"] or DASH, nll, fmt(r["bits_per_dim"], 4),
-            short_bound(r["bound"]) if r["nll_nats"] is not None else DASH, _quality_cell(r), _pr_cell(r),
+            short_bound(r["bound"]) if r["nll_nats"] is not None else DASH, _quality_cell(r, q_n),
+            *([_kid_cell(r, kid_n)] if with_kid else []), _pr_cell(r),
             fmt(r["nll_gap_nats"]), fmt_time(r["train_time_s"]), r["epochs"] if r["epochs"] is not None else DASH,
             _expected_cell(r), *others)) + " |")
     out = ["\n".join(lines)]
@@ -196,7 +255,11 @@ def markdown_tables(board: dict) -> str:
              "Fréchet distance (in a classifier's feature space for images, in data space for 2-D data), SW1 = "
              "sliced Wasserstein-1 in data space (where a run has no FD); in brackets "
              "the same statistic between two halves of held-out data (what a perfect model would reach). "
-             f"{DASH} = not measured by that run."]
+             "n = the number of model samples (and of held-out examples) compared: FD and SW1 and their floors "
+             "shrink as n grows, so compare them only at the same n"
+             + ("; KID = kernel inception distance (unbiased MMD\u00b2, Bi\u0144kowski et al. 2018) in the "
+                "features of FD, \u00b1 its spread over subsets of 1000 (where n > 1000), whose expectation does "
+                "not depend on n (its floor's is 0)" if with_kid else "") + f". {DASH} = not measured by that run."]
     expectations = [(r, e) for r in board["rows"] for e in r["expected"]]
     if expectations:
         head = "| entry | metric | ours | expected | kind | status | short by | source | compute (theirs / ours) |"
@@ -274,17 +337,32 @@ def replace_in_readme(readme: str | Path, tier: str, text: str) -> None:
 
 
 # ---- the picture -------------------------------------------------------------------------------------
-def save_picture(board: dict, path: str | Path) -> None:
-    """Each entry's samples.png side by side, then NLL (bits/dim) and sample quality against training time."""
+def quality_groups(rows: list[dict]) -> list[tuple[int | None, list[dict]]]:
+    """The rows with a sample-quality ratio to plot (a figure, a positive floor and a training time),
+    grouped by their sample size n, smallest n first (n unknown last): one panel each."""
+    groups: dict[int | None, list[dict]] = {}
+    for r in rows:
+        q = r["quality"]
+        if r["train_time_s"] is not None and q["value"] is not None and q["data_floor"]:
+            groups.setdefault(q.get("n"), []).append(r)
+    return sorted(groups.items(), key=lambda item: (item[0] is None, item[0] or 0))
+
+
+def draw_picture(board: dict):
+    """The leaderboard figure (a matplotlib Figure): each entry's samples.png side by side, then NLL
+    (bits/dim) against training time, then "sample distance / data floor" against training time in one
+    panel per sample size n (see the module docstring: figures at different n share no axis)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     rows = board["rows"]
     cols = max(1, min(4, len(rows)))
     sample_rows = math.ceil(len(rows) / cols)
-    fig = plt.figure(figsize=(max(9.0, 4.0 * cols), 2.6 * sample_rows + 3.8))
+    groups = quality_groups(rows)
+    fig = plt.figure(figsize=(max(9.0, 4.0 * cols, 4.5 + 3.2 * len(groups)), 2.6 * sample_rows + 3.8))
     grid = fig.add_gridspec(sample_rows + 1, 2 * cols, height_ratios=[2.6] * sample_rows + [3.4])
     for i, r in enumerate(rows):
         ax = fig.add_subplot(grid[i // cols, 2 * (i % cols): 2 * (i % cols) + 2])
@@ -297,36 +375,44 @@ def save_picture(board: dict, path: str | Path) -> None:
                     transform=ax.transAxes, fontsize=9, color="gray")
     half = cols
     ax_nll = fig.add_subplot(grid[sample_rows, :half])
-    ax_q = fig.add_subplot(grid[sample_rows, half:])
+    panels = grid[sample_rows, half:].subgridspec(1, max(1, len(groups)), wspace=0.35)
+    quality_axes = [fig.add_subplot(panels[0, k]) for k in range(max(1, len(groups)))]
     for r in rows:
         t = r["train_time_s"]
-        if t is None:
-            continue
-        if r["bits_per_dim"] is not None:
+        if t is not None and r["bits_per_dim"] is not None:
             bound = r["likelihood"] == "bound"
             ax_nll.scatter([t], [r["bits_per_dim"]], marker="o", facecolors="none" if bound else "tab:blue",
                            edgecolors="tab:blue")
             ax_nll.annotate(r["entry"], (t, r["bits_per_dim"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        q = r["quality"]
-        if q["value"] is not None and q["data_floor"]:
+    for ax_q, (n, members) in zip(quality_axes, groups):
+        for r in members:
+            q, t = r["quality"], r["train_time_s"]
             ratio = q["value"] / q["data_floor"]
             ax_q.scatter([t], [ratio], marker="s" if q["statistic"] == "FD" else "^", color="tab:orange")
             ax_q.annotate(r["entry"], (t, ratio), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    from matplotlib.ticker import NullFormatter
-
-    for ax in (ax_nll, ax_q):
+        ax_q.set_title(f"sample quality, n = {n}" if n is not None else "sample quality, n unknown", fontsize=9)
+    for ax in (ax_nll, *quality_axes):
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("training time (s, log scale)")
         ax.grid(alpha=0.3)
     ax_nll.set_ylabel(f"{board['split']} NLL (bits/dim)")
     ax_nll.set_title("NLL against training time\n(hollow: an upper bound)", fontsize=9)
-    ax_q.axhline(1.0, color="gray", lw=0.8, ls="--")
-    ax_q.set_ylabel("sample distance / data floor")
-    ax_q.set_title("sample quality against training time\n(square: FD, triangle: sliced W1; dashed: data floor)",
-                   fontsize=9)
+    for ax_q in quality_axes:
+        ax_q.axhline(1.0, color="gray", lw=0.8, ls="--")
+    quality_axes[0].set_ylabel("sample distance / data floor\n(\u25a0 FD, \u25b2 sliced W1; dashed: floor)")
+    if not groups:
+        quality_axes[0].set_title("sample quality", fontsize=9)
     fig.suptitle(f"zoo bench --tier {board['tier']}: {board['date']}, {board['machine_short']}", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def save_picture(board: dict, path: str | Path) -> None:
+    """Write ``draw_picture(board)`` to ``path`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_picture(board)
     fig.savefig(path, dpi=90)
     plt.close(fig)
 

@@ -1,4 +1,4 @@
-"""What the sample metrics (Fréchet distance, precision/recall) share: the held-out data, the
+"""What the sample metrics (Fréchet distance, KID, precision/recall) share: the held-out data, the
 model's samples and the feature space they are compared in.
 
 - Held-out data: the whole evaluated split, gathered from every DDP rank in the split's order

@@ -14,7 +14,9 @@ feature module in place of Inception-v3:
 
 FD estimates are biased upwards at finite n (Chong & Forsyth 2020), so ``fd_data_floor`` reports
 the same statistic between two disjoint halves of held-out data with the same n: what a perfect
-model would score. Every process computes the same value (the data are gathered, the samples seeded).
+model would score; figures at different n are not comparable. ``zoo_core.metrics.kid`` (KID) uses the
+same features with an estimator that is unbiased in n. Every process computes the same value (the data
+are gathered, the samples seeded).
 """
 from __future__ import annotations
 
