@@ -267,7 +267,7 @@ def test_conformance_kit_passes_for_a_colour_pixelcnn(small_case):
     report = run_all(small_case)
     failed = {k: v for k, v in report.items() if v != "passed" and not v.startswith("skipped")}
     assert not failed, failed
-    assert report["check_loss_drops"] == "passed" and report["check_checkpoint_round_trip"] == "passed"
+    assert report["loss_drops"] == "passed" and report["checkpoint_round_trip"] == "passed"
 
 
 def test_cifar10_entry_builds_and_trains_a_few_steps(cifar_dir):
@@ -295,4 +295,7 @@ def test_cifar10_entry_builds_and_trains_a_few_steps(cifar_dir):
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     run = train(ENTRY, max_steps=3, runs_dir=str(cifar_dir / "runs"),
                 overrides=SMALL_MODEL + ["eval.metrics=[nll]", "eval.num_samples=2", "train.batch_size=8"])
-    assert math.isfinite(run.metrics["test/bits_per_dim"]) and run.metrics["test/bits_per_dim"] > 0
+    test = run.metrics["test"]
+    assert run.metrics["steps"] == 3 and test["num_examples"] == 7
+    # uniformly random bytes: no model beats 8 bits/dim in expectation, a barely trained one is near it
+    assert 7.0 < test["bits_per_dim"] < 20.0, test
