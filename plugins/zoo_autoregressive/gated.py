@@ -2,7 +2,7 @@
 blind spot (A. van den Oord, N. Kalchbrenner, O. Vinyals, L. Espeholt, A. Graves and
 K. Kavukcuoglu, "Conditional Image Generation with PixelCNN Decoders", NeurIPS 2016, sec. 2.1-2.3).
 
-Each layer has two stacks of feature maps (single-channel images, raster order):
+Each layer has two stacks of feature maps (pixels in raster order):
 
 - the vertical stack v sees a (p + 1) x k window of the rows at and above its own row
   (k = 2p + 1): v_pre = W_v * v, a rectangle that never looks below;

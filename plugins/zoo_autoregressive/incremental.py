@@ -17,6 +17,11 @@ Convolutional Autoregressive Models", applied to the three networks of this fami
   horizontal stack only receives it shifted down one row, so the vertical stack of row i - 1 is
   computed once when row i starts (one row per layer) and the horizontal stack one pixel per
   layer per step.
+- Colour images (G channels, drawn R, G, B within each pixel, ``nets.py``): the features of
+  colour group c at (i, j), in every layer, see the pixels before (i, j) and the colours < c of
+  (i, j), so the step drawing colour c computes group c of each layer at (i, j) only, reading the
+  groups < c computed at the earlier steps of the same pixel: the G steps of a pixel together
+  multiply about as many weights as one single-channel step of the same width.
 
 Each sampler exposes ``params(d) -> (n, P)`` (the conditional parameters of flattened dimension
 d, to be called in the model's ordering) and ``set(d, value)`` (the value drawn for d, (n,)).

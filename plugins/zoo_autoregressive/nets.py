@@ -4,6 +4,17 @@ Both output, for every dimension d, a vector of P conditional parameters that de
 the dimensions before d in the model's ordering. The masks are the whole trick: a weight that
 would let information flow from x_j to the output for x_i with j >= i is multiplied by an exact
 zero, so the autoregressive property holds structurally (the tests check it by autograd).
+
+For colour images (G channels) the PixelCNN's masks also order the channels within a pixel
+(A. van den Oord, N. Kalchbrenner and K. Kavukcuoglu, "Pixel Recurrent Neural Networks",
+ICML 2016, sec. 3.4): feature map k belongs to colour group g(k) = floor(k G / F) of its F maps
+(the image's channel c is group c), and at the centre tap a weight from k' to k is kept when
+
+    type A (first layer):  g(k) > g(k'),        type B (later layers):  g(k) >= g(k'),
+
+every earlier pixel being connected in full; so group c at (i, j) sees x_{:, <(i,j)} and
+x_{<c, i, j}, and colour c's outputs are computed from group c. With G = 1 these are the
+single-channel masks (type A drops the centre, type B keeps it).
 """
 from __future__ import annotations
 
