@@ -192,6 +192,7 @@ def test_pixelcnns_take_three_channel_images():
     (tests/test_pixelcnn_colour.py checks the masks); their feature maps must split into 3 groups."""
     from zoo_core.data.spec import DataSpec
     from zoo_core.api import default_zoo
+    from zoo_core.errors import ConfigError
 
     spec = DataSpec("cifar10", (3, 32, 32), "dequantized", 256)
     cls = default_zoo().family("autoregressive")
@@ -201,5 +202,5 @@ def test_pixelcnns_take_three_channel_images():
         with torch.no_grad():
             lp = model.log_prob(torch.rand(2, 3, 32, 32))
         assert lp.shape == (2,) and torch.isfinite(lp).all()
-        with pytest.raises(ValueError, match="at least the image's 3 channels"):
+        with pytest.raises(ConfigError, match="at least the image's 3 channels"):
             cls(data=spec.to_dict(), optim=None, architecture=architecture, channels=2)

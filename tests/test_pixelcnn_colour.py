@@ -19,6 +19,7 @@ from test_autoregressive import Autoregressive, all_binary, randomised, spec  # 
 from test_autoregressive_sampling import reference_draw  # noqa: E402
 
 from zoo_autoregressive.incremental import incremental_sampler  # noqa: E402
+from zoo_core.errors import ConfigError  # noqa: E402
 from zoo_autoregressive.nets import MaskedConv2d, channel_groups, colour_mask  # noqa: E402
 
 ENTRY = "autoregressive-pixelcnn-cifar10"
@@ -222,7 +223,7 @@ def test_colour_shapes_init_and_errors():
         assert model.sample((2,)).shape == (2, C, 4, 4) and model.sample(0).shape == (0, C, 4, 4)
         model.loss(x).backward()
         assert all(p.grad is not None for p in model.parameters())
-        with pytest.raises(ValueError, match="at least the image's 3 channels"):
+        with pytest.raises(ConfigError, match="at least the image's 3 channels"):
             Autoregressive(spec((C, 4, 4)), architecture=architecture, channels=2)
 
 

@@ -162,7 +162,7 @@ class Autoregressive(GenerativeModel):
                     f"got event shape {tuple(self.event_shape)}; use architecture 'made'")
             colours = self.event_shape[0]
             if channels < colours:
-                raise ValueError(f"autoregressive: channels must be at least the image's {colours} channels "
+                raise ConfigError(f"autoregressive: channels must be at least the image's {colours} channels "
                                  f"(one group of feature maps per colour), got {channels}")
             smallest = 3 if architecture == "gated_pixelcnn" else 1
             if kernel_size < smallest or kernel_size % 2 != 1:
