@@ -187,12 +187,20 @@ def test_family_accepts_three_channel_images(family):
     assert s.shape == (1, 3, 32, 32) and torch.isfinite(s).all()
 
 
-def test_pixelcnn_needs_single_channel_images():
-    """The autoregressive plugin's PixelCNN masks are for one channel (no R -> G -> B ordering yet), so a
-    CIFAR-10 PixelCNN entry waits for it; the registry has a MADE entry instead."""
+def test_pixelcnns_take_three_channel_images():
+    """The autoregressive plugin's PixelCNNs model (3, 32, 32) with R -> G -> B channel masks
+    (tests/test_pixelcnn_colour.py checks the masks); their feature maps must split into 3 groups."""
     from zoo_core.data.spec import DataSpec
     from zoo_core.api import default_zoo
+    from zoo_core.errors import ConfigError
 
     spec = DataSpec("cifar10", (3, 32, 32), "dequantized", 256)
-    with pytest.raises(ValueError, match="single-channel"):
-        default_zoo().family("autoregressive")(data=spec.to_dict(), optim=None, architecture="pixelcnn")
+    cls = default_zoo().family("autoregressive")
+    for architecture in ("pixelcnn", "gated_pixelcnn"):
+        model = cls(data=spec.to_dict(), optim=None, architecture=architecture, channels=6, n_layers=1,
+                    kernel_size=3, n_components=1)
+        with torch.no_grad():
+            lp = model.log_prob(torch.rand(2, 3, 32, 32))
+        assert lp.shape == (2,) and torch.isfinite(lp).all()
+        with pytest.raises(ConfigError, match="at least the image's 3 channels"):
+            cls(data=spec.to_dict(), optim=None, architecture=architecture, channels=2)

@@ -2,7 +2,7 @@
 blind spot (A. van den Oord, N. Kalchbrenner, O. Vinyals, L. Espeholt, A. Graves and
 K. Kavukcuoglu, "Conditional Image Generation with PixelCNN Decoders", NeurIPS 2016, sec. 2.1-2.3).
 
-Each layer has two stacks of feature maps (single-channel images, raster order):
+Each layer has two stacks of feature maps (pixels in raster order):
 
 - the vertical stack v sees a (p + 1) x k window of the rows at and above its own row
   (k = 2p + 1): v_pre = W_v * v, a rectangle that never looks below;
@@ -21,6 +21,24 @@ a learnt per-class bias of every gate), and the horizontal stack is residual aft
 layer: h_out = h + W_res * y_h. Because the vertical rectangle covers every column, the receptive
 field of pixel (i, j) is every pixel before it in raster order (given enough layers), with no
 blind spot, unlike the masked 3x3 PixelCNN.
+
+Colour images (G channels, e.g. R, G, B) follow the channel masks of A. van den Oord,
+N. Kalchbrenner and K. Kavukcuoglu, "Pixel Recurrent Neural Networks", ICML 2016, sec. 3.4:
+every feature map of the horizontal stack belongs to a colour group g(k) in 0..G-1
+(``nets.channel_groups``; the f and g halves of a gate share the group of their unit), and the
+joint is factorised over pixels in raster order and colours within a pixel,
+
+    p(x) = prod_{i,j} prod_{c=0}^{G-1} p(x_{c,i,j} | x_{:, <(i,j)}, x_{<c, i, j}).
+
+Only the connections that read the current pixel carry a mask, on its channels: the first
+layer's 1x1 centre connection of the image into the horizontal stack (type A),
+
+    W_centre[k, c'] = 0 unless g(k) > c',
+
+and the centre column of every later horizontal convolution, the residual 1x1 W_res and the
+1x1 head (type B), W[k, k'] = 0 unless g(k) >= g(k'); output channels g P .. g P + P - 1 hold
+colour g's parameters. The vertical stack and its link need no mask: the horizontal stack
+only receives it from the rows above.
 """
 from __future__ import annotations
 
@@ -28,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .nets import class_bias, class_embedding
+from .nets import MaskedConv, channel_groups, class_bias, class_embedding, colour_mask, pointwise
 
 
 def gate(a: Tensor) -> Tensor:
@@ -46,19 +64,33 @@ class GatedLayer(nn.Module):
     """One gated layer: (v, h) (N, C_in, H, W) each -> (N, C, H, W) each.
 
     ``first``: the horizontal convolution sees the p pixels strictly left (type A) and there is
-    no residual connection; otherwise it sees the p left pixels and the centre (type B)."""
+    no residual connection; otherwise it sees the p left pixels and the centre (type B). With G
+    ``colours`` > 1 the first layer also reads the current pixel's colours through a type-A
+    1x1 connection (``h_centre``), and the centre column of a later layer's horizontal
+    convolution and W_res are type-B colour-masked."""
 
     def __init__(self, in_channels: int, channels: int, kernel_size: int, first: bool,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, colours: int = 1):
         super().__init__()
         if kernel_size < 3 or kernel_size % 2 != 1:
             raise ValueError(f"gated layers need an odd kernel_size >= 3, got {kernel_size}")
-        self.p, self.first, self.channels = kernel_size // 2, bool(first), channels
+        self.p, self.first, self.channels, self.colours = kernel_size // 2, bool(first), channels, colours
         p = self.p
         self.v_conv = nn.Conv2d(in_channels, 2 * channels, (p + 1, kernel_size))  # rows r-p..r, cols c-p..c+p
-        self.h_conv = nn.Conv2d(in_channels, 2 * channels, (1, p if first else p + 1))  # cols c-p..c-1 or ..c
+        pre_groups = channel_groups(channels, colours).repeat(2)  # (2C,) a gate's f and g halves share a group
+        in_groups = channel_groups(in_channels, colours)
+        self.h_centre = None
+        if first or colours == 1:
+            self.h_conv = nn.Conv2d(in_channels, 2 * channels, (1, p if first else p + 1))  # cols c-p..c-1 or ..c
+            if first and colours > 1:  # the current pixel's earlier colours, type A
+                self.h_centre = MaskedConv(in_channels, 2 * channels, 1,
+                                           colour_mask(pre_groups, in_groups, "A")[:, :, None, None], bias=False)
+        else:
+            mask = torch.ones(2 * channels, in_channels, 1, p + 1)
+            mask[:, :, 0, p] = colour_mask(pre_groups, in_groups, "B")  # the centre column, type B
+            self.h_conv = MaskedConv(in_channels, 2 * channels, (1, p + 1), mask)
         self.link = nn.Conv2d(2 * channels, 2 * channels, 1)
-        self.h_res = nn.Conv2d(channels, channels, 1)
+        self.h_res = pointwise(channels, channels, colours)
         # per-class biases of the vertical and horizontal gates (their f and g halves)
         self.v_class_bias = class_embedding(num_classes, 2 * channels)
         self.h_class_bias = class_embedding(num_classes, 2 * channels)
@@ -70,25 +102,31 @@ class GatedLayer(nn.Module):
             h_in = F.pad(h, (p, 0))[..., :-1]  # shifted right by one: column c sees c-p..c-1
         else:
             h_in = F.pad(h, (p, 0))  # column c sees c-p..c
-        h_pre = self.h_conv(h_in) + self.link(shift_down(v_pre))  # (N, 2C, H, W)
+        h_pre = self.h_conv(h_in)
+        if self.h_centre is not None:
+            h_pre = h_pre + self.h_centre(h)  # the pixel's own earlier colours
+        h_pre = h_pre + self.link(shift_down(v_pre))  # (N, 2C, H, W)
         h_pre = class_bias(self.h_class_bias, y, h_pre)
         h_out = self.h_res(gate(h_pre))
         return gate(v_pre), (h_out if self.first else h + h_out)
 
 
 class GatedPixelCNNNet(nn.Module):
-    """x (N, 1, H, W) -> (N, P, H, W): a first gated layer with a k x k receptive window
-    (``kernel_size``), ``n_layers`` gated 3x3 layers, and the 1x1 ReLU head of the PixelCNN.
+    """x (N, G, H, W) -> (N, G P, H, W): a first gated layer with a k x k receptive window
+    (``kernel_size``), ``n_layers`` gated 3x3 layers, and the 1x1 ReLU head of the PixelCNN;
+    output channels g P .. (g + 1) P - 1 are the P parameters of colour g (``params_per_pixel``
+    is per pixel and colour), colour-masked for G = ``colours`` > 1.
     With ``num_classes`` each gate has a per-class bias and ``forward`` takes labels y (N,)."""
 
     def __init__(self, channels: int, n_layers: int, kernel_size: int, params_per_pixel: int,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, colours: int = 1):
         super().__init__()
+        self.colours = colours
         self.layers = nn.ModuleList(
-            [GatedLayer(1, channels, kernel_size, True, num_classes)]
-            + [GatedLayer(channels, channels, 3, False, num_classes) for _ in range(n_layers)])
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(),
-                                  nn.Conv2d(channels, params_per_pixel, 1))
+            [GatedLayer(colours, channels, kernel_size, True, num_classes, colours)]
+            + [GatedLayer(channels, channels, 3, False, num_classes, colours) for _ in range(n_layers)])
+        self.head = nn.Sequential(nn.ReLU(), pointwise(channels, channels, colours), nn.ReLU(),
+                                  pointwise(channels, colours * params_per_pixel, colours))
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         v = h = x
@@ -97,5 +135,5 @@ class GatedPixelCNNNet(nn.Module):
         return self.head(h)
 
     def output_bias(self) -> Tensor:
-        """(P,) bias of the last 1x1 conv, shared by all pixels."""
+        """(G P,) bias of the last 1x1 conv, shared by all pixels (colour g: entries g P .. g P + P - 1)."""
         return self.head[-1].bias

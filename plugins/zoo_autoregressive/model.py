@@ -26,13 +26,29 @@ therefore exact and costs one pass; sampling is sequential (D steps).
   minibatch; mask 0 is the natural raster order) and ``log_prob`` is the exact density of the
   uniform mixture of the K autoregressive models, log (1/K) sum_k p_k(x), as the paper's
   ensembles average probabilities over masks.
-- ``pixelcnn``: for single-channel images in raster order; a k x k type-A masked convolution
-  (centre excluded) followed by residual blocks of 3x3 type-B masked convolutions (centre
-  included) and a 1x1 head. Like the paper's PixelCNN it has a "blind spot" (some pixels
-  above-right are out of its receptive field); that only limits what it can model.
+- ``pixelcnn``: for images in raster order; a k x k type-A masked convolution (centre
+  excluded) followed by residual blocks of 3x3 type-B masked convolutions (centre included)
+  and a 1x1 head. Like the paper's PixelCNN it has a "blind spot" (some pixels above-right are
+  out of its receptive field); that only limits what it can model.
 - ``gated_pixelcnn``: the Gated PixelCNN (``gated.py``): vertical and horizontal stacks of gated
   convolutions tanh(W_f * x) ⊙ sigmoid(W_g * x), the vertical stack feeding the horizontal one
   (shifted down a row), residual connections in the horizontal stack; no blind spot.
+
+Colour images (C, H, W) with C > 1 (e.g. R, G, B) are ordered over pixels in raster order and
+over channels within a pixel (Pixel Recurrent Neural Networks, sec. 3.4):
+
+    p(x) = prod_{i,j} p(x_{R,i,j} | x_{<(i,j)}) p(x_{G,i,j} | x_{<(i,j)}, x_{R,i,j})
+                      p(x_{B,i,j} | x_{<(i,j)}, x_{R,i,j}, x_{G,i,j}).
+
+The feature maps of both PixelCNNs are split into C groups g(k) (R, G, B); at the current pixel
+a connection from input unit k' (group g(k'), or image channel c') to unit k is kept only when
+
+    type A (first layer):    g(k) > c'          type B (later layers, 1x1 head): g(k) >= g(k'),
+
+and every earlier pixel is connected in full (the Gated PixelCNN masks only its horizontal
+stack's connections to the current pixel; see ``gated.py``). Output channels c P .. c P + P - 1
+give channel c's P conditional parameters, so the output for x_{c,i,j} sees exactly the pixels
+before (i, j) and the channels < c of (i, j).
 
 Class conditioning (``data.conditional: true`` on labelled data): p(x | y) with a learnt
 per-class bias of every hidden unit and output (MADE) or of every layer's pre-activations (both
@@ -88,12 +104,12 @@ class Autoregressive(GenerativeModel):
 
     Args:
         data, optim: see :class:`GenerativeModel`.
-        architecture: ``made`` (any data), ``pixelcnn`` or ``gated_pixelcnn`` (single-channel images).
+        architecture: ``made`` (any data), ``pixelcnn`` or ``gated_pixelcnn`` (images, one or more channels).
         hidden: MADE's hidden layer widths.
         num_masks: MADE's number of orderings/connectivities (1 = the natural order only).
         direct: MADE's direct input-to-output masked connections.
         mask_seed: seed of MADE's hidden degrees and orderings (masks are rebuilt from it).
-        channels: the PixelCNNs' feature maps.
+        channels: the PixelCNNs' feature maps (at least the image's channels: split into colour groups).
         n_layers: the PixelCNNs' 3x3 layers (residual blocks of type-B convolutions, or gated layers).
         kernel_size: the PixelCNNs' first kernel size, odd (>= 3 for the gated one).
         n_components: Gaussians per conditional for real-valued data (ignored for binarized data).
@@ -140,17 +156,21 @@ class Autoregressive(GenerativeModel):
             self.num_masks = num_masks
             self.net = MADENet(self.D, hidden, self.P, num_masks, mask_seed, direct, classes)
         else:
-            if not self.data_spec.is_image or self.event_shape[0] != 1:
+            if not self.data_spec.is_image:
                 raise ValueError(
-                    f"autoregressive: architecture '{architecture}' needs single-channel images (1, H, W), "
+                    f"autoregressive: architecture '{architecture}' needs images (C, H, W), "
                     f"got event shape {tuple(self.event_shape)}; use architecture 'made'")
+            colours = self.event_shape[0]
+            if channels < colours:
+                raise ConfigError(f"autoregressive: channels must be at least the image's {colours} channels "
+                                 f"(one group of feature maps per colour), got {channels}")
             smallest = 3 if architecture == "gated_pixelcnn" else 1
             if kernel_size < smallest or kernel_size % 2 != 1:
                 raise ValueError(f"autoregressive: kernel_size must be odd and >= {smallest} for '{architecture}', "
                                  f"got {kernel_size}")
             self.num_masks = 1
             net = PixelCNNNet if architecture == "pixelcnn" else GatedPixelCNNNet
-            self.net = net(channels, n_layers, kernel_size, self.P, classes)
+            self.net = net(channels, n_layers, kernel_size, self.P, classes, colours)
 
     # ---- the networks ---------------------------------------------------------------------------
     def net_input(self, x: Tensor) -> Tensor:
@@ -165,14 +185,20 @@ class Autoregressive(GenerativeModel):
         inp = self.net_input(x.to(self.dtype))
         if self.architecture == "made":
             return self.net(inp.reshape(N, self.D), k, y)  # (N, D, P)
-        out = self.net(inp, y)  # (N, P, H, W)
-        return out.reshape(N, self.P, self.D).transpose(1, 2)  # (N, D, P)
+        G = self.event_shape[0]
+        out = self.net(inp, y)  # (N, G P, H, W)
+        out = out.reshape(N, G, self.P, self.D // G).transpose(2, 3)  # (N, G, H W, P)
+        return out.reshape(N, self.D, self.P)  # (N, D, P), D flattened as (c, i, j)
 
     def order(self, k: int = 0) -> Tensor:
-        """(D,) position 1..D of each (flattened) dimension in the ordering of mask k."""
+        """(D,) position 1..D of each (flattened) dimension in the ordering of mask k; for the
+        PixelCNNs, dimension (c, i, j) of a (C, H, W) image comes at position (i W + j) C + c + 1
+        (pixels in raster order, channels in order within a pixel)."""
         if self.architecture == "made":
             return self.net.order(k)
-        return torch.arange(1, self.D + 1)
+        G = self.event_shape[0]
+        pixel = torch.arange(self.D // G)  # (H W,) raster index
+        return (pixel[None, :] * G + torch.arange(G)[:, None]).reshape(-1) + 1  # (D,)
 
     # ---- conditionals ---------------------------------------------------------------------------
     def _mixture(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -304,12 +330,14 @@ class Autoregressive(GenerativeModel):
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:
         """Output biases at the data's marginals: Bernoulli logits at each pixel's mean (one
-        shared mean for PixelCNN); mixture means at the quantiles of each dimension's values with
-        scales of std / C."""
+        shared mean per image channel for the PixelCNNs); mixture means at the quantiles of each
+        dimension's values with scales of std / C."""
         flat = x.reshape(len(x), -1).to(self.dtype)  # (N, D)
-        bias = self.net.output_bias()  # MADE (D, P), PixelCNN (P,)
+        bias = self.net.output_bias()  # MADE (D, P), PixelCNNs (G P,)
         if self.architecture in IMAGE_ARCHITECTURES:
-            flat = flat.reshape(-1, 1)  # every pixel one draw of one shared marginal
+            G = self.event_shape[0]
+            bias = bias.view(G, self.P)  # (G, P): one row per image channel
+            flat = flat.reshape(len(x), G, -1).transpose(1, 2).reshape(-1, G)  # every pixel one draw per channel
         if self.binary:
             p = flat.mean(0).clamp(1e-3, 1 - 1e-3)  # (D,) or (1,)
             bias[..., 0] = torch.log(p) - torch.log1p(-p)
@@ -321,8 +349,6 @@ class Autoregressive(GenerativeModel):
         log_scale = (torch.log(std) - math.log(C)).clamp(LOG_SCALE_MIN + 0.1, LOG_SCALE_MAX - 0.1)
         u = (log_scale - LOG_SCALE_MIN) / (LOG_SCALE_MAX - LOG_SCALE_MIN)
         raw = torch.log(u) - torch.log1p(-u) - _SCALE_SHIFT  # inverse of the squashing
-        if self.architecture in IMAGE_ARCHITECTURES:
-            means, raw = means[0], raw[0]  # (C,), ()
         bias[..., :C] = 0.0
         bias[..., C:2 * C] = means
         bias[..., 2 * C:] = raw[..., None]

@@ -4,6 +4,17 @@ Both output, for every dimension d, a vector of P conditional parameters that de
 the dimensions before d in the model's ordering. The masks are the whole trick: a weight that
 would let information flow from x_j to the output for x_i with j >= i is multiplied by an exact
 zero, so the autoregressive property holds structurally (the tests check it by autograd).
+
+For colour images (G channels) the PixelCNN's masks also order the channels within a pixel
+(A. van den Oord, N. Kalchbrenner and K. Kavukcuoglu, "Pixel Recurrent Neural Networks",
+ICML 2016, sec. 3.4): feature map k belongs to colour group g(k) = floor(k G / F) of its F maps
+(the image's channel c is group c), and at the centre tap a weight from k' to k is kept when
+
+    type A (first layer):  g(k) > g(k'),        type B (later layers):  g(k) >= g(k'),
+
+every earlier pixel being connected in full; so group c at (i, j) sees x_{:, <(i,j)} and
+x_{<c, i, j}, and colour c's outputs are computed from group c. With G = 1 these are the
+single-channel masks (type A drops the centre, type B keeps it).
 """
 from __future__ import annotations
 
@@ -114,27 +125,73 @@ class MADENet(nn.Module):
 
 
 # ---- PixelCNN --------------------------------------------------------------------------------------
-class MaskedConv2d(nn.Conv2d):
-    """A 'same' convolution whose kernel sees only pixels before the centre in raster order
-    (type A) or before and at the centre (type B), as in van den Oord et al. 2016, fig. 2.
+def channel_groups(features: int, colours: int) -> Tensor:
+    """(features,) the colour group 0..G-1 of each feature map: G contiguous blocks of near-equal
+    size (group g holds features [ceil(g F / G), ceil((g + 1) F / G)) ); with G = 1 all zero."""
+    return torch.arange(features) * colours // features
 
-    With a single image channel no channel grouping is needed: every hidden feature at pixel i
-    depends on x_<i only, so type B may use the centre of the hidden maps."""
 
-    def __init__(self, mask_type: str, in_channels: int, out_channels: int, kernel_size: int):
+def colour_mask(out_groups: Tensor, in_groups: Tensor, mask_type: str) -> Tensor:
+    """(C_out, C_in) float mask of the connections at the centre pixel (van den Oord et al. 2016,
+    Pixel Recurrent Neural Networks, sec. 3.4): type A [g_out > g_in], type B [g_out >= g_in]."""
+    if mask_type not in ("A", "B"):
+        raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
+    if mask_type == "A":
+        return (out_groups[:, None] > in_groups[None, :]).float()
+    return (out_groups[:, None] >= in_groups[None, :]).float()
+
+
+class MaskedConv(nn.Conv2d):
+    """An ``nn.Conv2d`` whose weight is multiplied by a fixed 0/1 mask (C_out, C_in, kh, kw) in
+    every pass (a non-persistent buffer: checkpoints hold the plain weight)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, mask: Tensor, padding=0,
+                 bias: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding, bias=bias)
+        if tuple(mask.shape) != tuple(self.weight.shape):
+            raise ValueError(f"mask of shape {tuple(mask.shape)}; expected {tuple(self.weight.shape)}")
+        self.register_buffer("mask", mask.float(), persistent=False)
+
+    def masked_weight(self) -> Tensor:
+        return self.weight * self.mask.to(self.weight.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.masked_weight(), self.bias)
+
+
+class MaskedConv2d(MaskedConv):
+    """A 'same' k x k convolution whose kernel sees only pixels before the centre in raster order,
+    plus, at the centre, the colour groups the mask type allows (van den Oord et al. 2016, fig. 2
+    and sec. 3.4): type A (first layer) g_out > g_in, type B (later layers) g_out >= g_in.
+
+    With one colour (``colours`` = 1) type A drops the centre and type B keeps it whole; with G
+    colours the input and output feature maps are split into G groups by ``channel_groups``
+    (the image's channels are groups 0..G-1 themselves)."""
+
+    def __init__(self, mask_type: str, in_channels: int, out_channels: int, kernel_size: int, colours: int = 1):
         if mask_type not in ("A", "B"):
             raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
-        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
         c = kernel_size // 2
-        mask = torch.ones(kernel_size, kernel_size)
-        mask[c, c + (mask_type == "B"):] = 0  # the centre row from the centre (A) or after it (B)
-        mask[c + 1:] = 0  # every row below the centre
-        self.register_buffer("mask", mask[None, None], persistent=False)  # (1, 1, k, k)
+        mask = torch.ones(out_channels, in_channels, kernel_size, kernel_size)
+        mask[:, :, c, c:] = 0  # the centre row from the centre on
+        mask[:, :, c + 1:] = 0  # every row below the centre
+        mask[:, :, c, c] = colour_mask(channel_groups(out_channels, colours), channel_groups(in_channels, colours),
+                                       mask_type)
+        super().__init__(in_channels, out_channels, kernel_size, mask, padding=c)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.weight * self.mask.to(self.weight.dtype), self.bias)
+
+def pointwise(in_channels: int, out_channels: int, colours: int = 1) -> nn.Conv2d:
+    """A 1x1 convolution, type-B colour-masked for G > 1 colours (a plain one for one colour)."""
+    if colours == 1:
+        return nn.Conv2d(in_channels, out_channels, 1)
+    return MaskedConv2d("B", in_channels, out_channels, 1, colours)
+
+
+def masked_weight(conv: nn.Conv2d) -> Tensor:
+    """The weight a (possibly masked) convolution applies."""
+    return conv.masked_weight() if isinstance(conv, MaskedConv) else conv.weight
 
 
 def class_bias(embedding: nn.Embedding | None, y: Tensor | None, a: Tensor) -> Tensor:
@@ -154,12 +211,13 @@ def class_embedding(num_classes: int | None, channels: int) -> nn.Embedding | No
 
 
 class ResidualBlock(nn.Module):
-    """h + 1x1(ReLU(3x3 type-B masked conv(ReLU(h)) [+ class bias])): (N, C, H, W) -> (N, C, H, W)."""
+    """h + 1x1(ReLU(3x3 type-B masked conv(ReLU(h)) [+ class bias])): (N, C, H, W) -> (N, C, H, W);
+    with G ``colours`` both convolutions are type-B colour-masked."""
 
-    def __init__(self, channels: int, kernel_size: int = 3, num_classes: int | None = None):
+    def __init__(self, channels: int, kernel_size: int = 3, num_classes: int | None = None, colours: int = 1):
         super().__init__()
-        self.conv = MaskedConv2d("B", channels, channels, kernel_size)
-        self.mix = nn.Conv2d(channels, channels, 1)
+        self.conv = MaskedConv2d("B", channels, channels, kernel_size, colours)
+        self.mix = pointwise(channels, channels, colours)
         self.class_bias = class_embedding(num_classes, channels)
 
     def forward(self, h: Tensor, y: Tensor | None = None) -> Tensor:
@@ -167,18 +225,22 @@ class ResidualBlock(nn.Module):
 
 
 class PixelCNNNet(nn.Module):
-    """x (N, 1, H, W) -> (N, P, H, W): a type-A k x k conv, ``n_layers`` residual blocks of 3x3
-    type-B convs, and a 1x1 ReLU head (van den Oord et al. 2016, sec. 3.5 and table 1). With
-    ``num_classes``, the first conv and every block add a learnt per-class bias (labels y (N,))."""
+    """x (N, G, H, W) -> (N, G P, H, W): a type-A k x k conv, ``n_layers`` residual blocks of 3x3
+    type-B convs, and a 1x1 ReLU head (van den Oord et al. 2016, sec. 3.5 and table 1); output
+    channels g P .. (g + 1) P - 1 are the P parameters of colour g (``params_per_pixel`` is per
+    pixel and colour). With G = ``colours`` > 1 every convolution is colour-masked (sec. 3.4).
+    With ``num_classes``, the first conv and every block add a learnt per-class bias (labels y (N,))."""
 
     def __init__(self, channels: int, n_layers: int, kernel_size: int, params_per_pixel: int,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, colours: int = 1):
         super().__init__()
-        self.input_conv = MaskedConv2d("A", 1, channels, kernel_size)
+        self.colours = colours
+        self.input_conv = MaskedConv2d("A", colours, channels, kernel_size, colours)
         self.input_class_bias = class_embedding(num_classes, channels)
-        self.blocks = nn.ModuleList(ResidualBlock(channels, num_classes=num_classes) for _ in range(n_layers))
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(),
-                                  nn.Conv2d(channels, params_per_pixel, 1))
+        self.blocks = nn.ModuleList(ResidualBlock(channels, num_classes=num_classes, colours=colours)
+                                    for _ in range(n_layers))
+        self.head = nn.Sequential(nn.ReLU(), pointwise(channels, channels, colours), nn.ReLU(),
+                                  pointwise(channels, colours * params_per_pixel, colours))
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         h = class_bias(self.input_class_bias, y, self.input_conv(x))
@@ -187,5 +249,5 @@ class PixelCNNNet(nn.Module):
         return self.head(h)
 
     def output_bias(self) -> Tensor:
-        """(P,) bias of the last 1x1 conv, shared by all pixels."""
+        """(G P,) bias of the last 1x1 conv, shared by all pixels (colour g: entries g P .. g P + P - 1)."""
         return self.head[-1].bias
