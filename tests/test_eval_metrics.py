@@ -372,7 +372,7 @@ def test_training_on_digits_reports_every_default_metric(tmp_path, zoo):
         max_steps=5, runs_dir=str(tmp_path), progress=False, accelerator="cpu",
         overrides=["eval.quality_samples=100", "eval.num_samples=4"]))
     test = metrics["test"]
-    assert set(metrics["metric_descriptions"]) == {"sample_quality", "frechet", "precision_recall", "reconstruction"}
+    assert set(metrics["metric_descriptions"]) == {"sample_quality", "frechet", "kid", "precision_recall", "reconstruction"}
     for key in ("fd", "fd_data_floor", "precision", "recall", "reconstruction_bce_nats", "reconstruction_mse"):
         assert math.isfinite(test[key]), key
     assert test["fd_num_samples"] == test["pr_num_samples"] == 100

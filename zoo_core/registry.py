@@ -45,7 +45,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     # null: last.ckpt at epoch ends only; N: also every N optimiser steps, mid-epoch (resumes at that batch)
     "checkpoint_every_n_steps": None,
 }
-EVAL_DEFAULTS: dict[str, Any] = {"metrics": ["nll", "sample_quality", "frechet", "precision_recall", "reconstruction",
+EVAL_DEFAULTS: dict[str, Any] = {"metrics": ["nll", "sample_quality", "frechet", "kid", "precision_recall", "reconstruction",
                                              "generative_classifier", "conditional_samples"],
                                  "splits": ["test"], "iw_samples": None, "num_samples": 64, "quality_samples": 2000,
                                  # ODE likelihoods (flow_matching, diffusion's ode_nll; zoo_core/ode.py): null = the
