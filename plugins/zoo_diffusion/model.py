@@ -427,13 +427,19 @@ class DDPM(GenerativeModel):
         """eps_theta(x_t, t[, y]): x_t (N, *event), t (N,) timesteps in 1..T, labels (N,) or None (the
         null label of a conditional model) -> (N, *event). With ``guidance`` w != 0 and labels:
         (1 + w) eps(x_t, y) - w eps(x_t) (Ho & Salimans 2022, eq. 6)."""
-        return self.predict(net, x_t, t, labels, guidance)[0]
+        return self._guided(net, x_t, t, labels, guidance)[0]
 
     def predict(self, net: nn.Module, x_t: Tensor, t: Tensor, labels: Tensor | None = None,
                 guidance: float = 0.0) -> tuple[Tensor, Tensor | None]:
         """(eps_theta, v_theta): eps as in :meth:`eps` (N, *event), and the learned variance's
-        interpolation v (N, *event), or None with fixed variances. With guidance, v is the
-        conditional branch's v(x_t, y) (GLIDE, Nichol et al. 2022)."""
+        interpolation v (N, *event), or None with fixed variances (then eps comes from :meth:`eps`
+        itself). With guidance, v is the conditional branch's v(x_t, y) (GLIDE, Nichol et al. 2022)."""
+        if not self.learned_variance:
+            return self.eps(net, x_t, t, labels, guidance), None
+        return self._guided(net, x_t, t, labels, guidance)
+
+    def _guided(self, net: nn.Module, x_t: Tensor, t: Tensor, labels: Tensor | None,
+                guidance: float) -> tuple[Tensor, Tensor | None]:
         if not self.is_conditional:
             return self._predict(net, x_t, t, None)
         null = torch.full((len(x_t),), self.num_classes, dtype=torch.long, device=x_t.device)  # (N,)
