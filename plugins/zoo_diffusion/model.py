@@ -52,8 +52,8 @@ not constrained (neither is it in the paper): v outside [0, 1] extrapolates beyo
 bounds. The output layer starts at zero, so an untrained model has v = 0, the ``posterior``
 variances. All sigma_t^2 above then read Sigma_theta(x_t, t) per dimension: in the KL terms, the
 decoder (Gaussian or discretised) and the ancestral sampler (whose respaced steps interpolate
-between their own respaced beta and beta~, as Nichol & Dhariwal do). DDIM and the
-probability-flow ODE use eps_theta only.
+between their own respaced beta and beta~, as Nichol & Dhariwal do; the final decoder draw keeps
+the bound's Sigma_theta(x_1, 1)). DDIM and the probability-flow ODE use eps_theta only.
 
 Training minimises Ho et al.'s simple loss L_simple = E_{t, x_0, eps} ||eps - eps_theta(x_t, t)||^2
 with t ~ U{1..T}, eps ~ N(0, I), x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps (a mean over
