@@ -296,3 +296,14 @@ class TestLearnedVarianceConditionalConformance(FamilyConformance):
         return ConformanceCase(name="ddpm-learned-conditional", family_cls=DDPM, data=x, context=y, lr=3e-3,
                                build=lambda: DDPM(LABELLED, hidden=[32, 32], timesteps=30, variance="learned",
                                                   ema_decay=0.9, guidance=1.0))
+
+
+class TestLearnedVarianceImageConformance(FamilyConformance):
+    """The kit on a tiny U-Net with learned variances over random dequantised 8x8 images (discretised decoder)."""
+
+    def make_case(self) -> ConformanceCase:
+        data = (torch.randint(0, 17, (32, 1, 8, 8), generator=torch.Generator().manual_seed(0)) + 0.5) / 17
+        return ConformanceCase(
+            name="tiny-ddpm-learned", family_cls=DDPM, data=data, lr=1e-3,
+            build=lambda: DDPM(DIGITS, network="unet", channels=[8, 16], time_embed_dim=16, timesteps=10,
+                               variance="learned"))
