@@ -289,7 +289,7 @@ def test_image_samples_and_pictures():
 def test_configuration_errors():
     with pytest.raises(ValueError, match="dequantized"):
         DDPM(DataSpec("b", (1, 8, 8), "binarized").to_dict())
-    for bad in ({"schedule": "quadratic"}, {"sampler": "euler"}, {"variance": "learned"}, {"timesteps": 0},
+    for bad in ({"schedule": "quadratic"}, {"sampler": "euler"}, {"variance": "learnt"}, {"timesteps": 0},
                 {"network": "unet"}, {"bound_timesteps": 0}, {"ddim_eta": 2.0}):
         with pytest.raises(ValueError):
             DDPM(TOY, **bad)

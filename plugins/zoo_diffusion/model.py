@@ -5,7 +5,7 @@ References
 - J. Ho, A. Jain and P. Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS 2020
   (arXiv:2006.11239). Referred to as "Ho et al." below.
 - A. Nichol and P. Dhariwal, "Improved Denoising Diffusion Probabilistic Models", ICML 2021
-  (arXiv:2102.09672): the cosine schedule and respaced sampling.
+  (arXiv:2102.09672): the cosine schedule, respaced sampling and learned variances.
 - J. Song, C. Meng and S. Ermon, "Denoising Diffusion Implicit Models", ICLR 2021
   (arXiv:2010.02502): the DDIM sampler.
 
@@ -40,9 +40,33 @@ code). The last step is the decoder p(x_0 | x_1), centred on mu_theta(x_1, 1) = 
   v_k = 2k/(L-1) - 1 in [-1, 1] and P(k) = Phi((v_k + 1/(L-1) - mu)/sigma_1) - Phi((v_k - 1/(L-1) - mu)/sigma_1),
   with the outer edges at -inf and +inf. L is the data's ``num_levels`` (256 for MNIST, 17 for digits).
 
+Learned variances (``variance: learned``, Nichol & Dhariwal section 3.1): the network outputs,
+besides eps_theta, a vector v_theta(x_t, t) of the data's shape (twice the output features or
+channels), and the reverse variance is diagonal, interpolated in the log domain (their eq. 15)
+
+    Sigma_theta(x_t, t) = exp(v log beta_t + (1 - v) log beta~_t),
+
+per dimension; beta~_1 = 0 is replaced by beta~_2 (as for ``posterior``, and in Nichol &
+Dhariwal's code), so the decoder variance at t = 1 interpolates between beta_1 and beta~_2. v is
+not constrained (neither is it in the paper): v outside [0, 1] extrapolates beyond the two
+bounds. The output layer starts at zero, so an untrained model has v = 0, the ``posterior``
+variances. All sigma_t^2 above then read Sigma_theta(x_t, t) per dimension: in the KL terms, the
+decoder (Gaussian or discretised) and the ancestral sampler (whose respaced steps interpolate
+between their own respaced beta and beta~, as Nichol & Dhariwal do; the final decoder draw keeps
+the bound's Sigma_theta(x_1, 1)). DDIM and the probability-flow ODE use eps_theta only.
+
 Training minimises Ho et al.'s simple loss L_simple = E_{t, x_0, eps} ||eps - eps_theta(x_t, t)||^2
 with t ~ U{1..T}, eps ~ N(0, I), x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps (a mean over
-pixels and batch).
+pixels and batch). With learned variances the loss is the hybrid (Nichol & Dhariwal eq. 16)
+
+    L_hybrid = L_simple + lambda L_vlb,   lambda = ``vlb_weight`` (0.001),
+    L_vlb = L_0 + sum_{t=2}^T L_{t-1} ~ T L_{t-1} with the same t ~ U{1..T} and x_t as L_simple,
+
+where L_{t-1} is the KL term below (t >= 2) or the decoder NLL L_0 (t = 1), both per dimension
+(divided by D, like L_simple, as in Nichol & Dhariwal's code; in nats where their code uses bits)
+and with a stop-gradient on the mean: L_vlb sees eps_theta detached, so it trains v only and
+the mean is trained by L_simple alone. L_T has no parameters and is left out. (The paper's
+importance sampling of t for L_vlb alone is not implemented: t is uniform.)
 
 Likelihood (``log_prob``): the evidence lower bound, per example (Ho et al. eq. 5)::
 
@@ -77,7 +101,7 @@ use ``representation: dequantized``.
 
 Sampling (``sample``): ``sampler: ancestral`` runs p(x_{t-1} | x_t) from x_T ~ N(0, I) down to
 the decoder p(x_0 | x_1) (images: a discretised draw of the level k, then x = (k + u)/L, i.e. a
-true draw from the density above). ``sample_steps`` S < T respaces the chain over S timesteps
+true draw from the density above); with learned variances each step draws with Sigma_theta. ``sample_steps`` S < T respaces the chain over S timesteps
 (Nichol & Dhariwal section 4: betas recomputed from alphabar on the subsequence). ``sampler:
 ddim`` uses Song et al.'s update (eq. 12) on S timesteps with noise scale ``ddim_eta``:
 
@@ -148,7 +172,7 @@ from zoo_core.ode import LikelihoodSettings, LogDensityEstimate, standard_normal
 from .nets import TimeMLP, UNet
 
 SCHEDULES = ("linear", "cosine")
-VARIANCES = ("beta", "posterior")
+VARIANCES = ("beta", "posterior", "learned")
 SAMPLERS = ("ancestral", "ddim")
 NETWORKS = ("auto", "mlp", "unet")
 
@@ -206,7 +230,11 @@ class DDPM(GenerativeModel):
         hidden: MLP widths. channels: U-Net widths per resolution; blocks: residual blocks per level.
         time_embed_dim: width of the time embedding. dropout: in the residual blocks.
         timesteps: T, the number of diffusion steps.
-        schedule: ``linear`` or ``cosine``. variance: ``beta`` (sigma_t^2 = beta_t) or ``posterior``.
+        schedule: ``linear`` or ``cosine``. variance: ``beta`` (sigma_t^2 = beta_t), ``posterior``
+            (beta~_t) or ``learned`` (Nichol & Dhariwal 2021: per-dimension
+            exp(v log beta_t + (1 - v) log beta~_t) with v an unconstrained second network output,
+            trained by the hybrid loss L_simple + vlb_weight L_vlb).
+        vlb_weight: lambda of the hybrid loss with learned variances (0.001, Nichol & Dhariwal eq. 16).
         clip_denoised: clip x0_theta to [-1, 1] (default: True for images, False otherwise).
         sampler: ``ancestral`` or ``ddim``; sample_steps: S timesteps used by the sampler
             (None = all T); ddim_eta: DDIM's noise scale.
@@ -224,7 +252,8 @@ class DDPM(GenerativeModel):
             time embedding; in training the label is replaced by the null class with probability
             ``cond_drop``, so one network learns eps(x_t, y) and the unconditional eps(x_t); sampling
             uses eps~ = (1 + w) eps(x_t, y) - w eps(x_t) with w = ``guidance`` (``zoo sample
-            --guidance W`` sets it). ``log_prob(x, y)`` is the bound on log p(x | y) at w = 0; without
+            --guidance W`` sets it); learned variances come from the conditional branch v(x_t, y)
+            alone, as in GLIDE (Nichol et al. 2022) and Dhariwal & Nichol's guided samplers. ``log_prob(x, y)`` is the bound on log p(x | y) at w = 0; without
             a label, on the marginal model eps(x_t).
     """
 
@@ -246,6 +275,7 @@ class DDPM(GenerativeModel):
         timesteps: int = 1000,
         schedule: str = "linear",
         variance: str = "beta",
+        vlb_weight: float = 0.001,
         clip_denoised: bool | None = None,
         sampler: str = "ancestral",
         sample_steps: int | None = None,
@@ -278,7 +308,7 @@ class DDPM(GenerativeModel):
         ode_trace, ode_probes, ode_probe_noise, ode_method = str(ode_trace), int(ode_probes), str(ode_probe_noise), str(ode_method)
         ode_rtol, ode_atol, ode_steps = float(ode_rtol), float(ode_atol), int(ode_steps)
         ode_t_min = None if ode_t_min is None else float(ode_t_min)
-        cond_drop, guidance = float(cond_drop), float(guidance)
+        cond_drop, guidance, vlb_weight = float(cond_drop), float(guidance), float(vlb_weight)
         super().__init__(data, optim)
         if not 0.0 <= cond_drop < 1.0:
             raise ValueError(f"diffusion: cond_drop must be in [0, 1), got {cond_drop}")
@@ -301,6 +331,8 @@ class DDPM(GenerativeModel):
             raise ValueError("diffusion: hidden, channels, blocks and eval_chunk must be positive")
         if not 0.0 <= ddim_eta <= 1.0 or not 0.0 <= dropout < 1.0:
             raise ValueError("diffusion: ddim_eta must be in [0, 1] and dropout in [0, 1)")
+        if not (vlb_weight >= 0.0 and math.isfinite(vlb_weight)):
+            raise ValueError(f"diffusion: vlb_weight must be a finite number >= 0, got {vlb_weight}")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"diffusion: ema_decay must be in [0, 1) or null, got {ema_decay}")
         if ode_t_min is not None and not 0.0 < ode_t_min < 1.0:
@@ -314,16 +346,18 @@ class DDPM(GenerativeModel):
         self.is_image = spec.representation == "dequantized"
         self.num_levels = spec.num_levels if self.is_image else None
         self.timesteps, self.schedule, self.variance = timesteps, schedule, variance
+        self.learned_variance, self.vlb_weight = variance == "learned", vlb_weight
         self.clip_denoised = self.is_image if clip_denoised is None else clip_denoised
         self.sampler, self.sample_steps, self.ddim_eta = sampler, sample_steps, ddim_eta
         self.bound_timesteps, self.val_bound_timesteps, self.eval_chunk = bound_timesteps, val_bound_timesteps, eval_chunk
         self.ema_decay = ema_decay or None
         self.network = ("unet" if spec.is_image else "mlp") if network == "auto" else network
 
+        outputs = 2 if self.learned_variance else 1  # [eps, v] with learned variances
         if self.network == "unet":
-            self.net = UNet(spec.event_shape[0], channels, blocks, time_embed_dim, dropout)
+            self.net = UNet(spec.event_shape[0], channels, blocks, time_embed_dim, dropout, outputs)
         else:
-            self.net = TimeMLP(spec.dims, hidden, time_embed_dim, dropout)
+            self.net = TimeMLP(spec.dims, hidden, time_embed_dim, dropout, outputs)
         if self.is_conditional:  # label embeddings, index num_classes = the null label; EMA'd with the net
             self.net.class_embed = nn.Embedding(self.num_classes + 1, time_embed_dim)
             nn.init.zeros_(self.net.class_embed.weight)
@@ -339,15 +373,18 @@ class DDPM(GenerativeModel):
         ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_bar[:-1]])  # (T+1,) alphabar_{t-1}
         post_var = torch.zeros_like(betas)
         post_var[1:] = (1 - ab_prev[1:]) / (1 - alphas_bar[1:]) * betas[1:]  # beta~_t (beta~_1 = 0)
-        if variance == "beta":
-            sigma2 = betas.clone()
-        else:
-            sigma2 = post_var.clone()
-            sigma2[1] = post_var[2] if timesteps >= 2 else betas[1]  # beta~_1 = 0: use beta~_2
+        post_clipped = post_var.clone()
+        post_clipped[1] = post_var[2] if timesteps >= 2 else betas[1]  # beta~_1 = 0: use beta~_2
+        post_clipped[0] = 1.0  # unused
+        # fixed sigma_t^2; with learned variances the v = 0 end (the model uses log_var_min/max instead)
+        sigma2 = betas.clone() if variance == "beta" else post_clipped.clone()
         sigma2[0] = 1.0  # unused
         buffers = {
             "betas": betas, "alphas_bar": alphas_bar, "alphas_bar_prev": ab_prev, "posterior_var": post_var,
             "sigma2": sigma2,
+            # the ends of the learned log-variance, log Sigma = v log_var_max + (1 - v) log_var_min
+            "log_var_max": torch.log(torch.where(betas > 0, betas, torch.ones_like(betas))),
+            "log_var_min": torch.log(post_clipped),
             # mu~_t = c_x0 x_0 + c_xt x_t
             "c_x0": torch.sqrt(ab_prev) * betas / (1 - alphas_bar).clamp_min(1e-300),
             "c_xt": torch.sqrt(1 - betas) * (1 - ab_prev) / (1 - alphas_bar).clamp_min(1e-300),
@@ -390,23 +427,50 @@ class DDPM(GenerativeModel):
         """eps_theta(x_t, t[, y]): x_t (N, *event), t (N,) timesteps in 1..T, labels (N,) or None (the
         null label of a conditional model) -> (N, *event). With ``guidance`` w != 0 and labels:
         (1 + w) eps(x_t, y) - w eps(x_t) (Ho & Salimans 2022, eq. 6)."""
+        return self._guided(net, x_t, t, labels, guidance)[0]
+
+    def predict(self, net: nn.Module, x_t: Tensor, t: Tensor, labels: Tensor | None = None,
+                guidance: float = 0.0) -> tuple[Tensor, Tensor | None]:
+        """(eps_theta, v_theta): eps as in :meth:`eps` (N, *event), and the learned variance's
+        interpolation v (N, *event), or None with fixed variances (then eps comes from :meth:`eps`
+        itself). With guidance, v is the conditional branch's v(x_t, y) (GLIDE, Nichol et al. 2022)."""
+        if not self.learned_variance:
+            return self.eps(net, x_t, t, labels, guidance), None
+        return self._guided(net, x_t, t, labels, guidance)
+
+    def _guided(self, net: nn.Module, x_t: Tensor, t: Tensor, labels: Tensor | None,
+                guidance: float) -> tuple[Tensor, Tensor | None]:
         if not self.is_conditional:
-            return self._eps(net, x_t, t, None)
+            return self._predict(net, x_t, t, None)
         null = torch.full((len(x_t),), self.num_classes, dtype=torch.long, device=x_t.device)  # (N,)
         if labels is None:
-            return self._eps(net, x_t, t, null)
-        conditional = self._eps(net, x_t, t, labels)
+            return self._predict(net, x_t, t, null)
+        conditional, v = self._predict(net, x_t, t, labels)
         if guidance == 0.0:
-            return conditional
-        return (1 + guidance) * conditional - guidance * self._eps(net, x_t, t, null)
+            return conditional, v
+        return (1 + guidance) * conditional - guidance * self._predict(net, x_t, t, null)[0], v
 
-    def _eps(self, net: nn.Module, x_t: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
+    def _predict(self, net: nn.Module, x_t: Tensor, t: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
         n = len(x_t)
         t_in = t.to(x_t.dtype) * (1000.0 / self.timesteps)
         extra = (net.class_embed(labels),) if labels is not None else ()  # (N, E): the label's embedding
         if self.network == "mlp":
-            return net(x_t.reshape(n, -1), t_in, *extra).reshape(x_t.shape)
-        return net(x_t, t_in, *extra)
+            out = net(x_t.reshape(n, -1), t_in, *extra)  # (N, outputs * D)
+        else:
+            out = net(x_t, t_in, *extra)  # (N, outputs * C, H, W)
+        if not self.learned_variance:
+            return out.reshape(x_t.shape), None
+        eps, v = out.chunk(2, dim=1)  # features / channels [0, D) and [D, 2D)
+        return eps.reshape(x_t.shape), v.reshape(x_t.shape)
+
+    def log_variance(self, t: Tensor, v: Tensor | None, like: Tensor) -> Tensor:
+        """log Sigma_theta(x_t, t), float64, for t (N,) in 1..T: fixed, log sigma_t^2 shaped (N, 1, ...)
+        to broadcast against ``like`` (N, *event); learned (Nichol & Dhariwal eq. 15),
+        v log beta_t + (1 - v) log beta~_t with v (N, *event) -> (N, *event)."""
+        if v is None:
+            return torch.log(self._coef("sigma2", t, like.double()))
+        v = v.double()
+        return v * self._coef("log_var_max", t, v) + (1 - v) * self._coef("log_var_min", t, v)
 
     # ---- the forward process -------------------------------------------------------------------------
     def q_mean_var(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -432,7 +496,15 @@ class DDPM(GenerativeModel):
     # ---- training ----------------------------------------------------------------------------------
     def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """L_simple: mean squared error of the noise prediction at t ~ U{1..T}; a conditional model
-        sees the null label instead of y with probability ``cond_drop``."""
+        sees the null label instead of y with probability ``cond_drop``. With learned variances,
+        L_hybrid = L_simple + vlb_weight L_vlb (see :meth:`hybrid_terms`)."""
+        simple, vlb = self.hybrid_terms(x, context)
+        return simple if vlb is None else simple + self.vlb_weight * vlb
+
+    def hybrid_terms(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """(L_simple, L_vlb) on one draw of t ~ U{1..T}, eps and x_t per example; L_vlb (None with fixed
+        variances) is T/D times the batch mean of L_{t-1}, with eps_theta detached (Nichol & Dhariwal
+        section 3.1: the mean is trained by L_simple only)."""
         self.validate_sample(x)
         x0 = self.to_model_space(x.reshape(-1, *self.event_shape))  # (N, *event)
         t = torch.randint(1, self.timesteps + 1, (len(x0),), device=x0.device)  # (N,)
@@ -441,8 +513,25 @@ class DDPM(GenerativeModel):
         if context is not None:
             labels = context.reshape(-1).clone()  # (N,)
             labels[torch.rand(len(labels), device=labels.device) < self.cond_drop] = self.num_classes
-        pred = self.eps(self.net, self.q_sample(x0, t, noise), t, labels)
-        return ((pred - noise) ** 2).mean()
+        x_t = self.q_sample(x0, t, noise)
+        pred, v = self.predict(self.net, x_t, t, labels)
+        simple = ((pred - noise) ** 2).mean()
+        if v is None:
+            return simple, None
+        return simple, self.vlb_estimate(x0, x_t, noise, t, pred.detach(), v).to(simple.dtype)
+
+    def vlb_estimate(self, x0: Tensor, x_t: Tensor, noise: Tensor, t: Tensor, eps: Tensor, v: Tensor) -> Tensor:
+        """T/D mean_n L_{t_n - 1}, a scalar float64 estimate of L_vlb - L_T per dimension: the decoder
+        NLL L_0 where t = 1, the KL term L_{t-1} elsewhere; all inputs (N, *event) but t (N,)."""
+        first = t == 1  # (N,)
+        terms = torch.zeros(len(x0), dtype=torch.float64, device=x0.device)
+        if first.any():
+            idx = first.nonzero().squeeze(1)
+            terms = terms.index_put((idx,), self.decoder_nll_given(x0[idx], x_t[idx], eps[idx], v[idx]))
+        if (~first).any():
+            idx = (~first).nonzero().squeeze(1)
+            terms = terms.index_put((idx,), self.kl_given(x0[idx], x_t[idx], noise[idx], t[idx], eps[idx], v[idx]))
+        return terms.mean() * (self.timesteps / x0[0].numel())
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.ema_net is None:
@@ -470,30 +559,43 @@ class DDPM(GenerativeModel):
         net = net if net is not None else self.denoiser
         noise = torch.randn_like(x0)
         x_t = self.q_sample(x0, t, noise)
-        eps = self.eps(net, x_t, t, labels)
+        eps, v = self.predict(net, x_t, t, labels)
+        return self.kl_given(x0, x_t, noise, t, eps, v)
+
+    def kl_given(self, x0: Tensor, x_t: Tensor, noise: Tensor, t: Tensor, eps: Tensor, v: Tensor | None) -> Tensor:
+        """L_{t-1} for t (N,) >= 2 given x_t = q_sample(x0, t, noise) and the network's eps (and v),
+        all (N, *event): sum_d 1/2 (log Sigma_d - log beta~_t + beta~_t / Sigma_d - 1 + (mu~_t - mu_theta)_d^2 / Sigma_d)
+        -> (N,) float64."""
         if self.clip_denoised:  # mu~ - mu_theta = c_x0 (x0 - x0_theta)
             diff = self._coef("c_x0", t, x0) * (x0 - self.predict_x0(x_t, t, eps))
         else:  # the same, written through the noise (stable where alphabar_t is tiny)
             diff = self._coef("c_eps", t, x0) * (eps - noise)
-        sigma2, post = self.sigma2[t], self.posterior_var[t]  # (N,) float64
-        D = x0[0].numel()
-        sq = (diff.double() ** 2).reshape(len(x0), -1).sum(-1)  # (N,)
-        return 0.5 * (D * (torch.log(sigma2 / post) + post / sigma2 - 1) + sq / sigma2)
+        diff = diff.double()  # (N, *event)
+        log_var = self.log_variance(t, v, diff)  # (N, 1, ...) or (N, *event)
+        log_post = torch.log(self._coef("posterior_var", t, diff))  # (N, 1, ...)
+        kl = 0.5 * (log_var - log_post + torch.exp(log_post - log_var) - 1 + diff**2 * torch.exp(-log_var))
+        return kl.reshape(len(x0), -1).sum(-1)  # (N,)
 
     def decoder_nll(self, x0: Tensor, net: nn.Module | None = None, labels: Tensor | None = None) -> Tensor:
         """L_0 = -log p(x_0 | x_1), x_1 ~ q(x_1 | x_0): (N, *event) -> (N,) float64."""
         net = net if net is not None else self.denoiser
         t = torch.ones(len(x0), dtype=torch.long, device=x0.device)
         x1 = self.q_sample(x0, t, torch.randn_like(x0))
-        mean = self.predict_x0(x1, t, self.eps(net, x1, t, labels)).double()  # mu_theta(x_1, 1)
-        sigma2 = self.sigma2[1]
+        eps, v = self.predict(net, x1, t, labels)
+        return self.decoder_nll_given(x0, x1, eps, v)
+
+    def decoder_nll_given(self, x0: Tensor, x1: Tensor, eps: Tensor, v: Tensor | None) -> Tensor:
+        """-log p(x_0 | x_1) given the network's eps (and v) at x_1, all (N, *event) -> (N,) float64."""
+        t = torch.ones(len(x0), dtype=torch.long, device=x0.device)
+        mean = self.predict_x0(x1, t, eps).double()  # mu_theta(x_1, 1)
+        log_var = self.log_variance(t, v, mean)  # (N, 1, ...) or (N, *event)
         if not self.is_image:
-            return -gaussian_log_prob(x0.double(), mean, torch.log(sigma2)).reshape(len(x0), -1).sum(-1)
+            return -gaussian_log_prob(x0.double(), mean, log_var).reshape(len(x0), -1).sum(-1)
         half = 1.0 / (self.num_levels - 1)  # half a bin in [-1, 1]
-        v = x0.double()
-        inv_sd = 1 / torch.sqrt(sigma2)
-        lo = torch.where(v < -1 + half / 2, -math.inf, (v - half - mean) * inv_sd)
-        hi = torch.where(v > 1 - half / 2, math.inf, (v + half - mean) * inv_sd)
+        level = x0.double()
+        inv_sd = torch.exp(-0.5 * log_var)
+        lo = torch.where(level < -1 + half / 2, -math.inf, (level - half - mean) * inv_sd)
+        hi = torch.where(level > 1 - half / 2, math.inf, (level + half - mean) * inv_sd)
         return -log_normal_cdf_diff(lo, hi).reshape(len(x0), -1).sum(-1)
 
     def bound_strata(self, n: int, num_timesteps: int | None, device) -> tuple[Tensor, Tensor]:
@@ -556,7 +658,8 @@ class DDPM(GenerativeModel):
         else:
             how = (f"unbiased Monte-Carlo estimate over {K} of the {T - 1} KL terms L_1..L_{T - 1} "
                    "(one t per geometrically spaced stratum)")
-        return f"ELBO (Ho et al. 2020), {how}, one draw of x_t per term; {decoder}"
+        variances = "; learned variances (Nichol & Dhariwal 2021)" if self.learned_variance else ""
+        return f"ELBO (Ho et al. 2020), {how}, one draw of x_t per term; {decoder}{variances}"
 
     def configure_evaluation(self, eval_config: dict) -> None:
         """Applies ``eval.ode_*`` (see ``zoo_core.ode.EVAL_KEYS``) to ``ode_log_prob`` where present."""
@@ -627,10 +730,12 @@ class DDPM(GenerativeModel):
 
     @torch.no_grad()
     def denoise(self, x_T: Tensor, sampler: str | None = None, steps: int | None = -1,
-                eta: float | None = None, labels: Tensor | None = None, guidance: float | None = None) -> Tensor:
+                eta: float | None = None, labels: Tensor | None = None, guidance: float | None = None,
+                decoder_log_var: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Run the reverse process from x_T (N, *event) to x0_theta(x_1), the mean of the decoder
         p(x_0 | x_1) (for DDIM: its final prediction). Noise comes from torch's global generator,
-        drawn only at steps that add noise (none at all for DDIM with eta = 0)."""
+        drawn only at steps that add noise (none at all for DDIM with eta = 0). With
+        ``decoder_log_var``, also the decoder's log-variance at x_1 (float64, (N, *event) or broadcastable)."""
         sampler = sampler or self.sampler
         steps = self.sample_steps if steps == -1 else steps
         eta = self.ddim_eta if eta is None else eta
@@ -639,22 +744,23 @@ class DDPM(GenerativeModel):
         for i, t_int in enumerate(taus):
             prev = taus[i + 1] if i + 1 < len(taus) else 0
             t = torch.full((len(x),), t_int, dtype=torch.long, device=x.device)
-            eps = self.eps(net, x, t, labels, self.guidance_scale if guidance is None else guidance)
+            eps, v = self.predict(net, x, t, labels, self.guidance_scale if guidance is None else guidance)
             ab_t, ab_p = self.alphas_bar[t_int], self.alphas_bar[prev]
             x0 = self.predict_x0(x, t, eps)
             if self.clip_denoised:  # the noise that is consistent with the clipped x0
                 eps = (x - torch.sqrt(ab_t).to(x.dtype) * x0) / torch.sqrt(1 - ab_t).to(x.dtype)
             if prev == 0:
-                return x0
+                return (x0, self.log_variance(t, v, x0)) if decoder_log_var else x0
             beta = 1 - ab_t / ab_p  # (respaced) beta of this step
             post = (1 - ab_p) / (1 - ab_t) * beta
             if sampler == "ancestral":
+                if v is not None:  # eq. 15 between this (respaced) step's beta and beta~, per dimension
+                    log_var = v.double() * torch.log(beta) + (1 - v.double()) * torch.log(post)  # (N, *event)
+                    std = torch.exp(0.5 * log_var).to(x.dtype)
+                    x = self.ancestral_mean(x, x0, eps, ab_t, ab_p, beta) + std * torch.randn_like(x)
+                    continue
                 var = beta if self.variance == "beta" else post
-                if self.clip_denoised:
-                    mean = (torch.sqrt(ab_p) * beta / (1 - ab_t)).to(x.dtype) * x0 + \
-                        (torch.sqrt(1 - beta) * (1 - ab_p) / (1 - ab_t)).to(x.dtype) * x
-                else:
-                    mean = (x - (beta / torch.sqrt(1 - ab_t)).to(x.dtype) * eps) / torch.sqrt(1 - beta).to(x.dtype)
+                mean = self.ancestral_mean(x, x0, eps, ab_t, ab_p, beta)
             elif sampler == "ddim":
                 var = eta**2 * post
                 mean = torch.sqrt(ab_p).to(x.dtype) * x0 + torch.sqrt((1 - ab_p - var).clamp_min(0)).to(x.dtype) * eps
@@ -663,10 +769,17 @@ class DDPM(GenerativeModel):
             x = mean + torch.sqrt(var).to(x.dtype) * torch.randn_like(x) if float(var) > 0 else mean
         return x  # pragma: no cover - the loop always returns at t = 1
 
+    def ancestral_mean(self, x: Tensor, x0: Tensor, eps: Tensor, ab_t: Tensor, ab_p: Tensor, beta: Tensor) -> Tensor:
+        """mu_theta of one (respaced) ancestral step from alphabar_t to alphabar_prev: x, x0, eps (N, *event)."""
+        if self.clip_denoised:
+            return (torch.sqrt(ab_p) * beta / (1 - ab_t)).to(x.dtype) * x0 + \
+                (torch.sqrt(1 - beta) * (1 - ab_p) / (1 - ab_t)).to(x.dtype) * x
+        return (x - (beta / torch.sqrt(1 - ab_t)).to(x.dtype) * eps) / torch.sqrt(1 - beta).to(x.dtype)
+
     @torch.no_grad()
-    def _generate(self, n: int, labels: Tensor | None = None) -> Tensor:
+    def _generate(self, n: int, labels: Tensor | None = None, decoder_log_var: bool = False):
         x_T = torch.randn(n, *self.event_shape, device=self.device, dtype=self.dtype)
-        return self.denoise(x_T, labels=labels)
+        return self.denoise(x_T, labels=labels, decoder_log_var=decoder_log_var)
 
     def _sample(self, sample_shape: torch.Size, context: Tensor | None = None) -> Tensor:
         """Draws in the data's representation: 2-D points, or dequantised images in [0, 1)."""
@@ -674,9 +787,9 @@ class DDPM(GenerativeModel):
         n = math.prod(shape)
         with torch.no_grad():
             labels = context.reshape(n) if context is not None else None  # (n,)
-            x0 = self._generate(n, labels)  # (n, *event) decoder mean / DDIM output
+            x0, log_var = self._generate(n, labels, decoder_log_var=True)  # (n, *event) decoder mean / DDIM output
             if self.sampler == "ancestral":  # the decoder draw p(x_0 | x_1)
-                x0 = x0 + torch.sqrt(self.sigma2[1]).to(x0.dtype) * torch.randn_like(x0)
+                x0 = x0 + torch.exp(0.5 * log_var).to(x0.dtype) * torch.randn_like(x0)
             x = self.levels_to_data(x0) if self.is_image else x0
         return x.reshape(*shape, *self.event_shape)
 

@@ -9,7 +9,9 @@
 
 Both take the time as a float tensor ``t`` of shape (N,) (the model passes t * 1000 / T, so
 the embedding sees the same range whatever the number of steps T) and zero-initialise their
-output layer, so an untrained network predicts eps = 0.
+output layer, so an untrained network predicts eps = 0. With ``outputs=2`` (learned variances,
+Nichol & Dhariwal 2021, section 3.1) the output layer is twice as wide: features (MLP) or channels
+(U-Net) [0, D) are eps and [D, 2D) the variance interpolation v, both zero at initialisation.
 """
 from __future__ import annotations
 
@@ -62,15 +64,16 @@ class MLPBlock(nn.Module):
 
 
 class TimeMLP(nn.Module):
-    """eps_theta for flat data: (N, D), (N,) -> (N, D)."""
+    """eps_theta for flat data: (N, D), (N,) -> (N, outputs * D)."""
 
-    def __init__(self, dim: int, hidden: Sequence[int], time_dim: int = 128, dropout: float = 0.0):
+    def __init__(self, dim: int, hidden: Sequence[int], time_dim: int = 128, dropout: float = 0.0,
+                 outputs: int = 1):
         super().__init__()
         self.time = TimeEmbedding(time_dim)
         self.inp = nn.Linear(dim, hidden[0])
         widths = [hidden[0], *hidden]
         self.blocks = nn.ModuleList(MLPBlock(a, b, time_dim, dropout) for a, b in zip(widths[:-1], widths[1:]))
-        self.out = nn.Linear(hidden[-1], dim)
+        self.out = nn.Linear(hidden[-1], outputs * dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -80,7 +83,7 @@ class TimeMLP(nn.Module):
         h = self.inp(x)  # (N, H0)
         for block in self.blocks:
             h = block(h, temb)  # (N, H_i)
-        return self.out(F.silu(h))  # (N, D)
+        return self.out(F.silu(h))  # (N, outputs * D)
 
 
 def _groups(channels: int) -> int:
@@ -112,7 +115,7 @@ class ResBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """eps_theta for images: (N, C, H, W), (N,) -> (N, C, H, W).
+    """eps_theta for images: (N, C, H, W), (N,) -> (N, outputs * C, H, W).
 
     ``channels[i]`` is the width at resolution level i (level 0 is full resolution; each next
     level halves H and W, rounding up), ``blocks`` residual blocks per level on the way down
@@ -120,7 +123,7 @@ class UNet(nn.Module):
     """
 
     def __init__(self, in_channels: int, channels: Sequence[int] = (32, 64), blocks: int = 1,
-                 time_dim: int = 128, dropout: float = 0.0):
+                 time_dim: int = 128, dropout: float = 0.0, outputs: int = 1):
         super().__init__()
         channels = list(channels)
         self.time = TimeEmbedding(time_dim)
@@ -146,7 +149,7 @@ class UNet(nn.Module):
             if level > 0:
                 self.up.append(nn.Conv2d(c, c, 3, padding=1))  # after nearest-neighbour upsampling
         self.out_norm = nn.GroupNorm(_groups(c), c)
-        self.out = nn.Conv2d(c, in_channels, 3, padding=1)
+        self.out = nn.Conv2d(c, outputs * in_channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -165,4 +168,4 @@ class UNet(nn.Module):
                 h = layer(torch.cat([h, skips.pop()], dim=1), temb)
             else:  # upsample to the size of the next skip (handles odd sizes such as 7 -> 14)
                 h = layer(F.interpolate(h, size=skips[-1].shape[-2:], mode="nearest"))
-        return self.out(F.silu(self.out_norm(h)))  # (N, C, H, W)
+        return self.out(F.silu(self.out_norm(h)))  # (N, outputs * C, H, W)
