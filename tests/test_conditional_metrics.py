@@ -108,3 +108,28 @@ def test_conditional_sample_accuracy_of_a_class_conditional_gmm_on_digits():
     assert bad["cond_fd_class_mean"] > good["cond_fd_class_mean"]
     classifier = run(GenerativeClassifierAccuracy(), model, [(test, test_y)])
     assert classifier["generative_classifier_accuracy"] > 0.85, classifier
+
+
+class NoisyBound(torch.nn.Module):
+    """A stand-in for a stochastic bound: log p(x | c) = -|x - c| minus N(0, 5^2) estimator noise drawn
+    from the global RNG, like a Monte Carlo bound; classes 0..2 on the real line."""
+    num_classes, likelihood, is_conditional = 3, "bound", True
+    device = torch.device("cpu")
+    data_spec = type("Spec", (), {"context_shape": ()})()
+
+    def log_prob(self, x, context):
+        return -(x[:, 0] - context.double()).abs() - 5.0 * torch.randn(len(x), dtype=torch.float64)
+
+
+def test_generative_classifier_pairs_the_classes_of_a_stochastic_bound():
+    """With the same random draws for every class the estimator noise cancels in argmax_y: the
+    noisy bound classifies as well as the noiseless score (here perfectly); with independent
+    draws per class (the noise 5x the signal) it would be near chance."""
+    torch.manual_seed(0)
+    y = torch.randint(3, (600,))
+    x = y.double().unsqueeze(1) + 0.1 * torch.randn(600, 1, dtype=torch.float64)  # (600, 1) near its class
+    out = run(GenerativeClassifierAccuracy(), NoisyBound(), zip(x.split(100), y.split(100)))
+    assert out["generative_classifier_accuracy"] == 1.0
+    model = NoisyBound()
+    independent = torch.stack([model.log_prob(x, torch.full_like(y, c)) for c in range(3)], 1).argmax(1)
+    assert float((independent == y).double().mean()) < 0.6  # what unpaired estimates would give

@@ -5,7 +5,10 @@
   Classifiers"), with p(y) the model's class prior (the training class frequencies; uniform for
   a model without one). Its accuracy on the evaluated split measures how much of the class
   structure the conditional densities hold. For a bound family log p(x | y) is the family's bound,
-  so the bound classifies.
+  so the bound classifies. A stochastic bound (the importance-weighted bound, the diffusion bound
+  over sampled timesteps) is estimated for every class with the same random draws (common random
+  numbers: the RNG is reseeded identically before each class), so the comparison across classes
+  is paired and its noise does not pick the class.
 - ``conditional_samples``: n samples per class from ``model.sample((n,), context=k)`` are labelled
   by the zoo's feature classifier of the dataset (``zoo_core.metrics.classifier``: ten digits and a
   "structureless" class); the accuracy against the requested class says whether samples of class k
@@ -63,7 +66,9 @@ class GenerativeClassifierAccuracy(Metric):
         what = "the exact log-likelihood" if model.likelihood == "exact" else \
             f"the bound ({model.likelihood_description()}): the bound classifies, not the exact likelihood"
         return (f"generative-classifier accuracy: argmax_y log p(x | y) + log p(y) over {model.num_classes} classes, "
-                f"log p(x | y) from {what}, p(y) {class_log_prior(model)[1]}; against the split's labels")
+                f"log p(x | y) from {what}, p(y) {class_log_prior(model)[1]}; against the split's labels"
+                + ("" if model.likelihood == "exact" else
+                   "; every class's bound estimated with the same random draws (common random numbers)"))
 
     def reset(self) -> None:
         self._sums = torch.zeros(2, dtype=torch.float64)  # [correct, count]
@@ -73,8 +78,14 @@ class GenerativeClassifierAccuracy(Metric):
             return
         labels = context.reshape(-1).to(model.device).long()  # (N,)
         prior, _ = class_log_prior(model)
-        scores = torch.stack([model.log_prob(x, torch.full_like(labels, c)).double().reshape(-1)
-                              for c in range(int(model.num_classes))], dim=1)  # (N, C) log p(x | c)
+        seed = int(torch.randint(2 ** 62, (1,)))  # one draw per batch from the seeded global RNG
+        devices = [model.device] if model.device.type == "cuda" else []
+        per_class = []
+        for c in range(int(model.num_classes)):
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)  # the same random draws for every class (common random numbers)
+                per_class.append(model.log_prob(x, torch.full_like(labels, c)).double().reshape(-1))
+        scores = torch.stack(per_class, dim=1)  # (N, C) log p(x | c)
         scores = scores + prior.to(scores.device)
         correct = (scores.argmax(1) == labels).double().sum()
         batch = torch.stack([correct, torch.tensor(float(len(labels)), dtype=torch.float64, device=correct.device)])
