@@ -152,6 +152,29 @@ def test_failed_entry_is_a_row_and_an_error_after_the_others(benched, tmp_path, 
     assert "failed: the GAN fell over" in (tmp_path / "out" / "leaderboard.md").read_text()
 
 
+def test_a_signal_stops_the_bench_and_keeps_the_old_leaderboard(benched, tmp_path, monkeypatch):
+    """SIGTERM during one entry's training (the runner raises Interrupted) ends the whole bench with
+    exit code 143; the next entries are not trained and the earlier leaderboard is left as it was."""
+    import zoo_core.runner as runner
+    from zoo_core.runner.train import Interrupted
+
+    root, _ = benched
+    trained = []
+
+    def train(zoo, entry, opts):
+        trained.append(entry)
+        raise Interrupted("training stopped by SIGTERM at step 3")
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "leaderboard.json").write_text("{}")
+    monkeypatch.setattr(runner, "train", train)
+    with pytest.raises(Interrupted, match=r"stopped at entry 1 of 2 \(tiny-gmm\).*--reuse") as info:
+        _bench(root, out=str(out), runs_dir=str(tmp_path / "runs"))
+    assert info.value.exit_code == 143 and trained == ["tiny-gmm"]
+    assert (out / "leaderboard.json").read_text() == "{}"
+
+
 def test_tier_selection(tmp_path, zoo):
     from zoo_core.bench import tier_entries
     from zoo_core.registry import Registry

@@ -143,6 +143,7 @@ def _earlier_evaluation(run_dir: Path, config: dict) -> dict | None:
 def run(zoo, opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
     """Train (or reuse) every entry of the tier, write the leaderboard; returns it."""
     from zoo_core.runner import RunOptions, runs_root, train
+    from zoo_core.runner.train import Interrupted
 
     zoo = zoo.with_registry(opts.registry_files)
     registry = zoo.registry
@@ -169,6 +170,10 @@ def run(zoo, opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
             else:
                 how = "trained"
                 metrics = train(zoo, name, run_opts)
+        except Interrupted as exc:  # a signal stops the bench, not just this entry; nothing is overwritten
+            raise Interrupted(f"zoo bench stopped at entry {i} of {len(names)} ({name}): {exc}; the leaderboard "
+                              f"in {out} was not rewritten; run the same command with --reuse to continue from "
+                              f"the finished runs") from None
         except ZooError as exc:
             how, error = "failed", str(exc)
         except Exception as exc:  # one entry's bug must not lose the others' results
