@@ -75,6 +75,23 @@ def test_sigkilled_run_resumes_mid_epoch_bit_identically(tmp_path):
     _same_result(reference, run_dir)
 
 
+def test_killed_run_with_a_cosine_schedule_resumes_mid_epoch_bit_identically(tmp_path):
+    """A schedule sized by trainer.estimated_stepping_batches makes Lightning build the training
+    loader before it restores its loops, and so skip restoring the loader's position; the
+    datamodule's own state (restored first) must still put the run at the right batch."""
+    args = [*VAE, "--set", "optim.scheduler=cosine"]
+    assert main(["train", *args, "--runs-dir", str(tmp_path / "ref")]) == 0
+    runs = tmp_path / "killed"
+    run_dir = runs / "vae-moons" / "version_0"
+    proc = _start(args, runs)
+    _kill_after_first_checkpoint(proc, run_dir / "checkpoints" / "last.ckpt")
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    step, _ = _position(run_dir / "checkpoints" / "last.ckpt")
+    assert 0 < step < 3 * STEPS_PER_EPOCH and step % STEPS_PER_EPOCH != 0, "the kill should land mid-epoch"
+    assert main(["train", *args, "--runs-dir", str(runs), "--resume", str(run_dir)]) == 0
+    _same_result(tmp_path / "ref" / "vae-moons" / "version_0", run_dir)
+
+
 def test_old_checkpoint_without_resume_state_still_loads_and_resumes(tmp_path):
     """Checkpoints written before mid-epoch resume (no RNG states, no loader position, no
     train.checkpoint_every_n_steps in their config) still evaluate and resume."""

@@ -27,7 +27,8 @@ from torch import Tensor
 
 from zoo_core.data.spec import DataSpec
 from zoo_core.optim import DEFAULT_OPTIM, OPTIMIZER_NAMES
-from zoo_core.errors import ContextError, InterfaceError, NoLikelihoodError, TrainingDiverged
+from zoo_core.errors import ConfigError, ContextError, InterfaceError, NoLikelihoodError, TrainingDiverged
+from zoo_core.fused import FusedBatches
 
 LIKELIHOOD_KINDS = ("exact", "bound", "none")
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -213,12 +214,77 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
 
     # ---- Lightning plumbing ----------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> Tensor:
+        if isinstance(batch, FusedBatches):
+            return self._fused_training_step(batch, batch_idx)
         x, context = self.split_batch(batch)
         loss = self.loss(x, context)
         self.check_finite(loss, "loss")
         if batch_idx == 0 or self.logs_this_step():  # the first batch too: the bar shows a loss from the start
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(x))
         return loss
+
+    # ---- fused optimiser steps (train.fused_steps; zoo_core/fused.py) ------------------------------
+    fused_steps: int = 1
+    #: Lightning hooks a family may not override to fuse steps (they would run once per group of batches)
+    FUSED_STEP_HOOKS = ("training_step", "on_train_batch_end", "on_train_batch_start", "optimizer_step",
+                        "optimizer_zero_grad", "configure_gradient_clipping")
+
+    def fuse_steps(self, k: int, gradient_clip_val: float | None = None) -> None:
+        """Take ``k`` optimiser steps per Lightning step, one per batch of a :class:`FusedBatches`
+        (Lightning's manual optimisation; the runner then leaves gradient clipping to this model).
+        Refused (ConfigError) for a family that steps its own optimisers or overrides a per-batch hook."""
+        k = int(k)
+        if k == 1:
+            return
+        why = "steps its own optimisers" if not self.automatic_optimization else next(
+            (f"overrides {hook}" for hook in self.FUSED_STEP_HOOKS
+             if getattr(type(self), hook) is not getattr(GenerativeModel, hook)), None)
+        if why:
+            raise ConfigError(f"train.fused_steps: {k}: family '{self.family}' {why}, so its optimiser steps "
+                              f"cannot be fused; use train.fused_steps: 1")
+        self.fused_steps, self._fused_clip = k, gradient_clip_val
+        self.automatic_optimization = False
+
+    def _fused_training_step(self, batches: FusedBatches, batch_idx: int) -> None:
+        """One optimiser step per batch, as Lightning's automatic optimisation takes it: loss check,
+        backward, gradient check, clipping, step, then the step-wise learning-rate schedule."""
+        trainer = self.trainer
+        configs = trainer.lr_scheduler_configs
+        if any(c.interval != "step" or c.reduce_on_plateau or c.frequency != 1 for c in configs):
+            raise ConfigError(f"train.fused_steps: family '{self.family}' uses a learning-rate schedule that is not "
+                              f"stepped after every optimiser step; use train.fused_steps: 1")
+        optimizer = self.optimizers()
+        loss, n = None, 0
+        for part in batches:
+            if 0 <= trainer.max_steps <= self.global_step:
+                break
+            x, context = self.split_batch(part)
+            loss, n = self.loss(x, context), len(x)
+            self.check_finite(loss, "loss")
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            self.check_gradients_finite(optimizer.optimizer)  # before clipping, as in automatic optimisation
+            if self._fused_clip:
+                self.clip_gradients(optimizer, gradient_clip_val=self._fused_clip, gradient_clip_algorithm="norm")
+            optimizer.step()
+            for config in configs:
+                config.scheduler.step()
+        if loss is not None and (batch_idx == 0 or self.logs_this_step()):
+            self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
+
+    def optimizer_steps_estimate(self) -> int | float:
+        """How many optimiser steps this run will take (for schedules): Lightning's
+        ``estimated_stepping_batches``, in optimiser steps also when they are fused."""
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches
+        if self.fused_steps == 1:
+            return total
+        sampler = getattr(trainer.train_dataloader, "sampler", None)
+        per_epoch = trainer.num_training_batches * self.fused_steps
+        if hasattr(sampler, "batches_per_epoch"):
+            per_epoch = min(per_epoch, sampler.batches_per_epoch())
+        steps = math.inf if trainer.max_epochs in (None, -1) else per_epoch * max(trainer.max_epochs, 1)
+        return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
 
     def logs_this_step(self) -> bool:
         """Whether the loggers record this training step (every ``train.log_every_n_steps``).
@@ -301,7 +367,8 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
         raise TrainingDiverged(f"a gradient became non-finite at {self._where()}{which}; the step was not applied")
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        self.check_gradients_finite(optimizer)
+        if self.fused_steps == 1:  # fused steps check before clipping, in _fused_training_step
+            self.check_gradients_finite(optimizer)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, context = self.split_batch(batch)
@@ -343,7 +410,7 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
             return optimizer
         if cfg["scheduler"] != "cosine":
             raise ValueError(f"optim.scheduler must be 'cosine' or null, got {cfg['scheduler']!r}")
-        total = self.trainer.estimated_stepping_batches
+        total = self.optimizer_steps_estimate()
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(total)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -44,6 +44,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "check_val_every_n_epoch": 1, "limit_train_batches": None,
     # null: last.ckpt at epoch ends only; N: also every N optimiser steps, mid-epoch (resumes at that batch)
     "checkpoint_every_n_steps": None,
+    # optimiser steps per Lightning step, on that many batches handed over at once (zoo_core/fused.py)
+    "fused_steps": 1,
 }
 EVAL_DEFAULTS: dict[str, Any] = {"metrics": ["nll", "sample_quality", "frechet", "kid", "precision_recall", "reconstruction",
                                              "generative_classifier", "conditional_samples"],
@@ -221,6 +223,7 @@ TRAIN_CHECKS: dict[str, Callable] = {
     "precision": _choice(PRECISIONS), "gradient_clip_val": lambda v: _number(v, 0, allow_none=True),
     "log_every_n_steps": _pos_int, "check_val_every_n_epoch": _pos_int, "limit_train_batches": _limit,
     "checkpoint_every_n_steps": lambda v: _pos_int(v, allow_none=True),
+    "fused_steps": lambda v: _pos_int(v, maximum=10_000),
 }
 EVAL_CHECKS: dict[str, Callable] = {
     "metrics": _str_list(), "splits": _str_list(EVAL_SPLITS),

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from zoo_core.data.spec import DataSpec
 from zoo_core.errors import DataError
+from zoo_core.fused import FusedBatches
 
 INIT_BATCH_SIZE = 2048
 #: Fixed seed for the one-off binarisation/dequantisation of val/test sets (comparable across runs).
@@ -79,11 +80,15 @@ class TrainBatches(Sampler):
     does: padded by repetition to a multiple of ``num_replicas``, rank ``r`` taking every
     ``num_replicas``-th index), so the order depends on nothing but (seed, epoch, rank).
     ``skip(k)`` makes the next pass start at batch ``k``: how a run resumes mid-epoch.
+
+    With ``group`` g > 1 (fused optimiser steps, ``zoo_core.fused``) each item is a list of g
+    consecutive such batches (fewer at the epoch's end), and lengths and ``skip`` count groups.
     """
 
-    def __init__(self, length: int, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0):
+    def __init__(self, length: int, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0,
+                 group: int = 1):
         self.length, self.batch_size, self.seed = int(length), int(batch_size), int(seed)
-        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        self.num_replicas, self.rank, self.group = int(num_replicas), int(rank), int(group)
         self.num_samples = math.ceil(self.length / self.num_replicas)  # per rank, after padding
         self.epoch = 0
         self._skip = 0
@@ -91,11 +96,14 @@ class TrainBatches(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def skip(self, batches: int) -> None:
-        self._skip = int(batches)
+    def skip(self, items: int) -> None:
+        self._skip = int(items)
+
+    def batches_per_epoch(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
 
     def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
+        return math.ceil(self.batches_per_epoch() / self.group)
 
     def indices(self, epoch: int) -> Tensor:
         """This rank's example indices for ``epoch``: (num_samples,)."""
@@ -109,8 +117,12 @@ class TrainBatches(Sampler):
     def __iter__(self):
         epoch, start, self._skip = self.epoch, self._skip, 0
         mine = self.indices(epoch)
-        for b in range(start, len(self)):
-            yield epoch, b, mine[b * self.batch_size:(b + 1) * self.batch_size]
+        keys = [(epoch, b, mine[b * self.batch_size:(b + 1) * self.batch_size]) for b in range(self.batches_per_epoch())]
+        if self.group == 1:
+            yield from keys[start:]
+            return
+        for g in range(start, len(self)):
+            yield keys[g * self.group:(g + 1) * self.group]
 
 
 class TrainDataset(Dataset):
@@ -126,6 +138,8 @@ class TrainDataset(Dataset):
         return len(self.data)
 
     def __getitem__(self, key):
+        if isinstance(key, list):  # a group of batches for fused optimiser steps
+            return FusedBatches(self[k] for k in key)
         epoch, batch, indices = key
         x = self.data[indices]  # (B, *event)
         if self.noise is not None:
@@ -150,11 +164,16 @@ class ResumableLoader(DataLoader):
 
     def state_dict(self) -> dict:
         done, epoch_length = self._consumed()
+        group = {"group": self.sampler.group} if self.sampler.group > 1 else {}  # in groups of batches
         if done >= min(len(self.sampler), epoch_length):  # epoch complete (limit_train_batches included)
-            return {"epoch": self.sampler.epoch + 1, "batches_done": 0}
-        return {"epoch": self.sampler.epoch, "batches_done": done}
+            return {"epoch": self.sampler.epoch + 1, "batches_done": 0, **group}
+        return {"epoch": self.sampler.epoch, "batches_done": done, **group}
 
     def load_state_dict(self, state: dict) -> None:
+        saved = int(state.get("group", 1))
+        if saved != self.sampler.group and state["batches_done"]:
+            raise DataError(f"this checkpoint stopped in the middle of an epoch with train.fused_steps={saved}; "
+                            f"resume it with the same value (got {self.sampler.group})")
         self.sampler.set_epoch(state["epoch"])
         self.sampler.skip(state["batches_done"])
 
@@ -186,6 +205,8 @@ class ZooDataModule(pl.LightningDataModule, abc.ABC):
     labelled: bool = False
     #: number of classes where the dataset fixes it (else counted from the labels: max + 1)
     num_classes: int | None = None
+    #: training batches per loader item (``train.fused_steps``, set by the runner; see zoo_core.fused)
+    fused_steps: int = 1
 
     def __init__(self, representation: str | None = None, batch_size: int = 128,
                  eval_batch_size: int | None = None, seed: int = 0, data_dir: str | None = None,
@@ -381,7 +402,7 @@ class ZooDataModule(pl.LightningDataModule, abc.ABC):
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches, sharded over DDP ranks, resumable mid-epoch (see :class:`TrainBatches`)."""
         world, rank = self._world()
-        batches = TrainBatches(len(self.raw["train"]), self.batch_size, self.seed, world, rank)
+        batches = TrainBatches(len(self.raw["train"]), self.batch_size, self.seed, world, rank, self.fused_steps)
         trainer = getattr(self, "trainer", None)
         fit_loop = getattr(trainer, "fit_loop", None)
         if fit_loop is not None:
@@ -389,7 +410,26 @@ class ZooDataModule(pl.LightningDataModule, abc.ABC):
             batches.set_epoch(fit_loop.epoch_progress.current.processed)
         labels = self._labels["train"] if self.conditional else None
         dataset = TrainDataset(self.raw["train"], self._noise(), self.seed, rank, labels)
-        return ResumableLoader(dataset, batches, self._consumed_batches)
+        loader = ResumableLoader(dataset, batches, self._consumed_batches)
+        position = getattr(self, "_restored_position", None)
+        if position:  # a resumed run: continue at the checkpoint's batch
+            loader.load_state_dict(position)
+            self._restored_position = None
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict:
+        """The training loader's position, saved by Lightning with the datamodule.
+
+        Lightning also restores the loader itself, but only when it builds the loader after
+        restoring its loops; a model that sizes a schedule with ``trainer.estimated_stepping_batches``
+        makes it build the loader earlier, and that restore is then skipped (the run would restart
+        its epoch). The datamodule is restored before either, so the position always applies."""
+        loader = getattr(self, "_train_loader", None)
+        return {"train_position": loader.state_dict()} if loader is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._restored_position = state.get("train_position")
 
     def _consumed_batches(self) -> tuple[int, float]:
         """(training batches of the current epoch the training loop has taken, batches per epoch)."""

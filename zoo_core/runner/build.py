@@ -55,3 +55,12 @@ def build_model(zoo, config: dict, datamodule):
     model.zoo_config = config
     model.zoo_provider = zoo.plugins.family_provider(config["family"])  # named if it is later uninstalled
     return model
+
+
+def fuse_training_steps(config: dict, datamodule, model) -> None:
+    """``train.fused_steps`` k > 1: the loader hands over k batches at once and the model takes k
+    optimiser steps per Lightning step (zoo_core/fused.py); the model clips gradients itself."""
+    k = int(config["train"].get("fused_steps") or 1)
+    if k > 1:
+        model.fuse_steps(k, config["train"]["gradient_clip_val"])
+        datamodule.fused_steps = k

@@ -23,7 +23,7 @@ from zoo_core.checkpoint import LAST
 from zoo_core.checkpoint_io import write_atomic, write_errors_reported
 from zoo_core.errors import ConfigError, TrainingDiverged, ZooError
 from zoo_core.expected import check as check_expected, not_comparable
-from zoo_core.runner.build import build_datamodule, build_model, in_memory_config
+from zoo_core.runner.build import build_datamodule, build_model, fuse_training_steps, in_memory_config
 from zoo_core.runner.evaluation import run_metrics
 from zoo_core.runner.options import RunOptions, resolve_config
 from zoo_core.runner.pictures import save_run_picture
@@ -54,6 +54,7 @@ def train(zoo, entry: str, opts: RunOptions | None = None) -> dict:
     if opts.data is not None:
         config = resolved.config = in_memory_config(config)
     model = build_model(zoo, config, datamodule)
+    fuse_training_steps(config, datamodule, model)
     run_dir = claim_run_dir(runs_root(opts) / entry, resolved.resume_dir)
     fresh = resolved.resume_ckpt is None and not any(run_dir.iterdir())
     try:

@@ -102,7 +102,9 @@ def build_trainer(opts, config: dict, run_dir: Path | None, *, training: bool) -
         callbacks.append(EpochLines())
     return pl.Trainer(
         max_epochs=train["max_epochs"] if train["max_epochs"] is not None else -1,
-        max_steps=train["max_steps"], gradient_clip_val=train["gradient_clip_val"],
+        max_steps=train["max_steps"],
+        # fused optimiser steps use manual optimisation: the model clips (GenerativeModel.fuse_steps)
+        gradient_clip_val=train["gradient_clip_val"] if int(train.get("fused_steps") or 1) == 1 else None,
         log_every_n_steps=train["log_every_n_steps"], check_val_every_n_epoch=train["check_val_every_n_epoch"],
         limit_train_batches=train["limit_train_batches"], default_root_dir=run_dir, logger=loggers,
         callbacks=callbacks, plugins=[AtomicCheckpointIO()], **kwargs)
