@@ -43,7 +43,8 @@ import torch  # noqa: E402
 
 from zoo_core.api import default_zoo  # noqa: E402
 from zoo_core.model import OPTIMIZERS  # noqa: E402
-from zoo_core.runner import RunOptions, build_datamodule, build_model, build_trainer, quiet_lightning  # noqa: E402
+from zoo_core.runner import (RunOptions, build_datamodule, build_model, build_trainer,  # noqa: E402
+                             fuse_training_steps, quiet_lightning)
 
 #: the installed plugins and the zoo's registry (and $ZOO_REGISTRY), as ``zoo train`` sees them
 ZOO = default_zoo()
@@ -77,6 +78,7 @@ def build(config: dict, data_dir: str | None = None):
     pl.seed_everything(config["train"]["seed"], workers=True, verbose=False)
     datamodule = build_datamodule(ZOO, config, data_dir)
     model = build_model(ZOO, config, datamodule)
+    fuse_training_steps(config, datamodule, model)
     return datamodule, model
 
 
@@ -118,18 +120,22 @@ class _Window:
         self.count, self.t0, self.t1, self.c0, self.c1 = 0, None, None, None, None
 
     def step_done(self) -> None:
-        self.count += 1
-        if self.count == self.warmup:
+        self.at_step(self.count + 1)
+
+    def at_step(self, step: int) -> None:
+        """The run has taken ``step`` optimiser steps (fused steps advance it by several at once)."""
+        self.count = step
+        if self.t0 is None and step >= self.warmup:
             sync(self.device)
-            self.t0, self.c0 = time.perf_counter(), time.process_time()
-        if self.count == self.last:
+            self.t0, self.c0, self.warm_step = time.perf_counter(), time.process_time(), step
+        if self.t1 is None and step >= self.last:
             sync(self.device)
-            self.t1, self.c1 = time.perf_counter(), time.process_time()
+            self.t1, self.c1, self.end_step = time.perf_counter(), time.process_time(), step
 
     def timing(self, total_s: float) -> Timing:
         if self.t0 is None or self.t1 is None:
             raise RuntimeError(f"only {self.count} training steps ran; expected {self.last}")
-        return Timing(self.last - self.warmup, self.t1 - self.t0, self.c1 - self.c0, total_s)
+        return Timing(self.end_step - self.warm_step, self.t1 - self.t0, self.c1 - self.c0, total_s)
 
 
 class _WindowCallback(pl.Callback):
@@ -137,7 +143,7 @@ class _WindowCallback(pl.Callback):
         self.window = window
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.window.step_done()
+        self.window.at_step(trainer.global_step)  # optimiser steps: also right for fused steps and GANs
 
 
 def run_runner(config: dict, device: torch.device, warmup: int, progress: bool = False,
