@@ -148,7 +148,8 @@ def test_cifar10_registry_entries_resolve():
 
     registry = default_zoo().registry
     names = [n for n in registry.names() if n.endswith("-cifar10")]
-    assert {"flow-cifar10", "diffusion-cifar10", "vae-cifar10", "autoregressive-cifar10"} <= set(names)
+    assert {"flow-cifar10", "diffusion-cifar10", "vae-cifar10", "autoregressive-cifar10", "gan-cifar10",
+            "flow_matching-cifar10", "autoregressive-pixelcnn-cifar10"} <= set(names)
     for name in names:
         config = registry.resolve(name)
         assert config["data"]["name"] == "cifar10" and config["tier"] == "full"
@@ -167,6 +168,8 @@ SMALL = {  # tiny settings: this checks that each family accepts 3-channel 32x32
     "diffusion": {"network": "unet", "channels": [8, 16], "timesteps": 10, "bound_timesteps": 2,
                   "sample_steps": 2},
     "autoregressive": {"architecture": "made", "hidden": [16], "n_components": 1, "direct": False},
+    "flow_matching": {"network": "conv", "channels": 8, "dilations": [1, 2], "sampler": "euler", "sample_steps": 2,
+                      "trace": "hutchinson", "probes": 1, "ode_method": "euler", "ode_steps": 2},
 }
 
 
@@ -204,3 +207,45 @@ def test_pixelcnns_take_three_channel_images():
         assert lp.shape == (2,) and torch.isfinite(lp).all()
         with pytest.raises(ConfigError, match="at least the image's 3 channels"):
             cls(data=spec.to_dict(), optim=None, architecture=architecture, channels=2)
+
+
+# ---- the CIFAR-10 feature classifier ----------------------------------------------------------------
+def _coloured_records(n: int, seed: int) -> bytes:
+    """n records whose class shows in their colour: class k tints the image with its own RGB mean."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=n)
+    tints = np.random.default_rng(7).integers(30, 226, size=(10, 3))  # (10, 3) one colour per class
+    images = np.clip(tints[labels][:, :, None, None] + rng.normal(0, 20, size=(n, 3, 32, 32)), 0, 255)
+    images = images.astype(np.uint8)  # (n, 3, 32, 32)
+    return b"".join(bytes([int(y)]) + img.tobytes() for img, y in zip(images, labels))
+
+
+def test_cifar10_feature_classifier_is_trained_cached_and_reported(tmp_path, monkeypatch):
+    from zoo_core.metrics import classifier
+
+    members = {f"cifar-10-batches-bin/{name}": _coloured_records(60, i) for i, name in enumerate(cifar10.TRAIN_FILES)}
+    members["cifar-10-batches-bin/test_batch.bin"] = _coloured_records(100, 99)
+    monkeypatch.setattr(cifar10, "ARCHIVE_MD5", _write_archive(tmp_path / "cifar10" / cifar10.ARCHIVE, members))
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(classifier, "_LOADED", {})
+    assert classifier.has_classifier("cifar10")
+    extractor = classifier.get_feature_extractor("cifar10", "dequantized", data_dir=str(tmp_path))
+    assert extractor.accuracy > 0.9, extractor.accuracy  # the tints make the classes separable
+    assert "cifar10-dequantized classifier" in extractor.describe() and "test accuracy" in extractor.describe()
+    x = torch.rand(5, 3, 32, 32)
+    assert extractor(x).shape == (5, 128)
+    path = classifier.classifier_path("cifar10", "dequantized")
+    assert path.is_file() and path.with_suffix(".json").is_file()
+    monkeypatch.setattr(classifier, "_LOADED", {})
+    monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: pytest.fail("retrained a cached classifier"))
+    again = classifier.get_feature_extractor("cifar10", "dequantized", data_dir=str(tmp_path))
+    assert torch.equal(again(x), extractor(x)) and again.accuracy == extractor.accuracy
+
+
+def test_cifar10_feature_classifier_never_downloads(tmp_path, monkeypatch):
+    from zoo_core.metrics import classifier
+
+    monkeypatch.setattr(classifier, "_LOADED", {})
+    with pytest.raises(DataError) as info:
+        classifier.get_feature_extractor("cifar10", "dequantized", data_dir=str(tmp_path))
+    _one_line(info, "CIFAR-10 feature classifier needs", cifar10.ARCHIVE)
