@@ -102,8 +102,8 @@ class ConditionalSampleAccuracy(Metric):
     """Feature-classifier accuracy of samples drawn for each class, and the mean per-class Fréchet distance."""
 
     name = "conditional_samples"
-    summary = ("conditional models of digit images: accuracy of the zoo's digit classifier on samples drawn for "
-               "each class, and the mean per-class Fréchet distance in its features")
+    summary = ("conditional models of digits, MNIST or CIFAR-10: accuracy of the zoo's classifier of the dataset on "
+               "samples drawn for each class, and the mean per-class Fréchet distance in its features")
 
     def __init__(self, **settings: Any):
         super().__init__(**settings)

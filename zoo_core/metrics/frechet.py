@@ -45,7 +45,7 @@ class FrechetDistance(FeatureSampleMetric):
 
     name = "frechet"
     summary = ("Fréchet distance between Gaussian fits to features of samples and held-out data "
-               "(a zoo classifier's features for digits/MNIST, seeded random-CNN features for other images, data "
+               "(a zoo classifier's features for digits/MNIST/CIFAR-10, seeded random-CNN features for other images, data "
                "space for vectors), with its two-halves data floor")
     space_key = "fd_feature_extractor"
 

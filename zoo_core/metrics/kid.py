@@ -20,7 +20,7 @@ replacement, independently for each set, and ``kid_std`` the (population) standa
 the subsets: the spread of one subset's estimate, 0 when the subsets are the whole n.
 
 The features are those of ``frechet`` (``zoo_core.metrics.features.feature_module``): the zoo's
-classifier on digits/MNIST, the seeded random CNN for other images, the data space otherwise.
+classifier on digits/MNIST/CIFAR-10, the seeded random CNN for other images, the data space otherwise.
 ``kid_data_floor`` is KID between two disjoint halves of held-out data at the same n (expectation
 0: the size of the estimate's noise for a perfect model). Every process computes the same value.
 """
