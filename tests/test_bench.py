@@ -175,6 +175,39 @@ def test_a_signal_stops_the_bench_and_keeps_the_old_leaderboard(benched, tmp_pat
     assert (out / "leaderboard.json").read_text() == "{}"
 
 
+def test_keep_rows_keeps_the_other_entries_rows_with_their_dates(benched, tmp_path):
+    """--only X --keep-rows: X's row is new, the tier's other rows come from the earlier
+    leaderboard.json unchanged, with the date and command that measured them."""
+    import shutil
+
+    root, _ = benched
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out)
+    earlier = json.loads((out / "leaderboard.json").read_text())
+    earlier["date"] = "2026-01-02 03:04 UTC"
+    for row in earlier["rows"]:  # a leaderboard written before rows carried their own date
+        row.pop("measured", None)
+    (out / "leaderboard.json").write_text(json.dumps(earlier))
+    board = _bench(root, out=str(out), only=["tiny-gan"], reuse=True, keep_rows=True)
+    rows = {r["entry"]: r for r in board["rows"]}
+    assert list(rows) == ["tiny-gmm", "tiny-gan"]
+    kept = {k: v for k, v in rows["tiny-gmm"].items() if k not in ("measured", "kept_from")}
+    assert kept == next(r for r in earlier["rows"] if r["entry"] == "tiny-gmm")
+    assert rows["tiny-gmm"]["measured"] == "2026-01-02 03:04 UTC" and rows["tiny-gmm"]["kept_from"] == earlier["command"]
+    assert rows["tiny-gan"]["measured"] == board["date"] and "kept_from" not in rows["tiny-gan"]
+    text = (out / "leaderboard.md").read_text()
+    assert "| measured |" in text and "2026-01-02" in text and f"kept from `{earlier['command']}`" in text
+    assert "--keep-rows" in board["command"]
+
+
+def test_keep_rows_refuses_a_file_that_is_not_a_leaderboard(benched, tmp_path):
+    root, _ = benched
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "leaderboard.json").write_text("[1, 2]")
+    with pytest.raises(ZooError, match=r"--keep-rows: .*leaderboard.json is not a leaderboard.json"):
+        _bench(root, out=str(tmp_path / "out"), only=["tiny-gan"], reuse=True, keep_rows=True)
+
+
 def test_tier_selection(tmp_path, zoo):
     from zoo_core.bench import tier_entries
     from zoo_core.registry import Registry

@@ -41,6 +41,7 @@ class BenchOptions:
     readme: str | None = None
     only: list[str] = field(default_factory=list)
     reuse: bool = False
+    keep_rows: bool = False
     registry_files: list[str] = field(default_factory=list)
     data_dir: str | None = None
     accelerator: str = "auto"
@@ -53,6 +54,8 @@ class BenchOptions:
             parts.append("--only " + " ".join(self.only))
         if self.reuse:
             parts.append("--reuse")
+        if self.keep_rows:
+            parts.append("--keep-rows")
         return " ".join(parts)
 
 
@@ -140,6 +143,31 @@ def _earlier_evaluation(run_dir: Path, config: dict) -> dict | None:
     return {**results, "_file": path.name}
 
 
+def kept_rows(previous: Path, tier_names: list[str], new_rows: list[dict]) -> list[dict]:
+    """``--keep-rows``: the tier's rows in registry order, the entries run now from ``new_rows``
+    and the others from the earlier leaderboard at ``previous`` (if it has them), each row keeping
+    the date it was measured (``measured``; the earlier board's date for rows written before rows
+    carried their own) and, for kept rows, the command that measured them (``kept_from``)."""
+    try:
+        old = json.loads(previous.read_text()) if previous.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ZooError(f"--keep-rows: cannot read the earlier leaderboard {previous} ({exc})") from None
+    if not isinstance(old, dict) or not isinstance(old.get("rows", []), list):
+        raise ZooError(f"--keep-rows: {previous} is not a leaderboard.json (expected an object with 'rows')")
+    earlier = {r.get("entry"): r for r in old.get("rows", []) if isinstance(r, dict)}
+    now = {r["entry"]: r for r in new_rows}
+    out = []
+    for name in tier_names:
+        if name in now:
+            out.append(now[name])
+        elif name in earlier:
+            row = dict(earlier[name])
+            row.setdefault("measured", old.get("date"))
+            row.setdefault("kept_from", old.get("command"))
+            out.append(row)
+    return out
+
+
 def run(zoo, opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
     """Train (or reuse) every entry of the tier, write the leaderboard; returns it."""
     from zoo_core.runner import RunOptions, runs_root, train
@@ -183,9 +211,14 @@ def run(zoo, opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
         row = leaderboard.make_row(zoo, name, config, metrics, how, error, round(seconds, 1))
         rows.append(row)
         log(f"[{i}/{len(names)}] {name}: {how}" + (f": {error}" if error else "") + f" ({seconds:.1f} s)")
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    for row in rows:
+        row["measured"] = date
+    if opts.keep_rows:
+        rows = kept_rows(out / "leaderboard.json", tier_entries(registry, opts.tier), rows)
     long, short = leaderboard.machine_description()
     split = next((r["split"] for r in rows if r["split"]), "test")
-    board = {"tier": opts.tier, "command": opts.command(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    board = {"tier": opts.tier, "command": opts.command(), "date": date,
              "machine": long, "machine_short": short, "split": split,
              "split_note": (f"{split}-set means per example in nats (± standard error) and bits/dim of the "
                             "original discrete data where the data are discrete"),

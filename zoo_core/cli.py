@@ -185,6 +185,9 @@ def build_parser(get_zoo=None) -> argparse.ArgumentParser:
     p.add_argument("--reuse", action="store_true",
                    help="take a finished run trained with the same configuration instead of retraining "
                         "(evaluated again when only the eval settings differ)")
+    p.add_argument("--keep-rows", action="store_true",
+                   help="with --only: the tier's other entries keep their rows from the existing OUT/leaderboard.json "
+                        "(each shown with the date it was measured)")
     p.add_argument("--registry", action="append", default=[], metavar="FILE", help="extra registry file(s)")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu, mps or auto (default: auto)")
     p.add_argument("--data-dir", default=None, help="where datasets live (else $ZOO_DATA_DIR, else ~/.cache/zoo/data)")
@@ -313,7 +316,8 @@ def cmd_bench(args, zoo) -> None:
     from zoo_core.bench import BenchOptions, run
 
     board = run(zoo, BenchOptions(tier=args.tier, out=args.out, runs_dir=args.runs_dir, readme=args.readme,
-                                  only=args.only, reuse=args.reuse, registry_files=args.registry,
+                                  only=args.only, reuse=args.reuse, keep_rows=args.keep_rows,
+                                  registry_files=args.registry,
                                   data_dir=args.data_dir, accelerator=args.accelerator, progress=args.progress))
     out = args.out or f"bench/{args.tier}"
     print(f"wrote {out}/leaderboard.md, leaderboard.json, leaderboard.png ({len(board['rows'])} entries)"
