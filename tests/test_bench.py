@@ -187,6 +187,7 @@ def test_keep_rows_keeps_the_other_entries_rows_with_their_dates(benched, tmp_pa
     earlier["date"] = "2026-01-02 03:04 UTC"
     for row in earlier["rows"]:  # a leaderboard written before rows carried their own date
         row.pop("measured", None)
+        row["samples_png"] = str(tmp_path / "gone" / "samples.png")  # its run directory was deleted since
     (out / "leaderboard.json").write_text(json.dumps(earlier))
     board = _bench(root, out=str(out), only=["tiny-gan"], reuse=True, keep_rows=True)
     rows = {r["entry"]: r for r in board["rows"]}

@@ -223,8 +223,8 @@ def run(zoo, opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
              "split_note": (f"{split}-set means per example in nats (± standard error) and bits/dim of the "
                             "original discrete data where the data are discrete"),
              "rows": rows}
+    leaderboard.save_picture(board, out / "leaderboard.png")  # first: the step most likely to fail
     (out / "leaderboard.json").write_text(json.dumps(leaderboard.sanitize_for_json(board), indent=2) + "\n")
-    leaderboard.save_picture(board, out / "leaderboard.png")
     (out / "leaderboard.md").write_text(leaderboard.render_markdown(board, picture="leaderboard.png"))
     if opts.readme:
         readme = Path(opts.readme)

@@ -379,11 +379,11 @@ def draw_picture(board: dict):
         ax = fig.add_subplot(grid[i // cols, 2 * (i % cols): 2 * (i % cols) + 2])
         ax.axis("off")
         ax.set_title(f"{r['entry']} ({r['family']})", fontsize=9)
-        if r["samples_png"]:
+        if r["samples_png"] and Path(r["samples_png"]).is_file():
             ax.imshow(plt.imread(r["samples_png"]))
-        else:
-            ax.text(0.5, 0.5, "failed" if r["error"] else "no samples.png", ha="center", va="center",
-                    transform=ax.transAxes, fontsize=9, color="gray")
+        else:  # a failed run, or a kept row whose run directory is gone
+            what = "failed" if r["error"] else ("samples.png gone" if r["samples_png"] else "no samples.png")
+            ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="gray")
     half = cols
     ax_nll = fig.add_subplot(grid[sample_rows, :half])
     panels = grid[sample_rows, half:].subgridspec(1, max(1, len(groups)), wspace=0.35)
