@@ -192,7 +192,10 @@ def _start_long_training(runs: Path) -> tuple[subprocess.Popen, Path]:
                              "--runs-dir", str(runs), "--no-progress", "--accelerator", "cpu",
                              "--set", "eval.metrics=[nll]", "--set", "model.fit=gradient",
                              "--set", "train.batch_size=100", *SMALL_DATA],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=zoo_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=zoo_env(),
+                            # as from a terminal: a suite started in the background (`cmd &` in a
+                            # script) passes SIGINT on as ignored, and Ctrl-C would then do nothing
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     last = runs / "gmm-moons" / "version_0" / "checkpoints" / "last.ckpt"
     for _ in range(6000):  # a hang guard, not a timing assertion
         if last.is_file() or proc.poll() is not None:
