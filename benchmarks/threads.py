@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,22 +30,20 @@ ARMS = {"1x2": {"env": {"OMP_NUM_THREADS": "2"}, "args": [], "processes": 1},
         "2x1": {"env": {}, "args": ["--devices", "2", "--accelerator", "cpu"], "processes": 2}}
 
 
-def timed_train(entry: str, arm: str, steps: int, runs_dir: str) -> tuple[float, float]:
-    """(wall s, CPU s of the process tree) of one ``zoo train`` of ``steps`` steps in ``arm``."""
+def timed_train(entry: str, arm: str, steps: int, runs_dir: str) -> float:
+    """Wall seconds of one ``zoo train`` of ``steps`` steps in ``arm``."""
     spec = ARMS[arm]
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     env.update(spec["env"], WANDB_MODE="offline")
     cmd = [sys.executable, "-m", "zoo_core", "train", entry, "--max-steps", str(steps), "--no-progress",
            "--runs-dir", runs_dir, "--set", "train.check_val_every_n_epoch=100000", "--set", "eval.splits=[]",
            *spec["args"]]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"{entry} {arm}: zoo train failed (exit {proc.returncode}): {proc.stderr[-800:]}")
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall
 
 
 def batch_size(entry: str) -> int:
@@ -68,18 +65,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as runs_dir:
         for entry in args.entries:
             b = batch_size(entry)
-            rates: dict[str, list[tuple[float, float]]] = {arm: [] for arm in ARMS}
+            rates: dict[str, list[float]] = {arm: [] for arm in ARMS}
             for r in range(args.rounds):
                 order = list(ARMS) if r % 2 == 0 else list(reversed(ARMS))
                 for arm in order:
-                    long_wall, long_cpu = timed_train(entry, arm, args.steps, runs_dir)
-                    short_wall, short_cpu = timed_train(entry, arm, args.base_steps, runs_dir)
+                    long_wall = timed_train(entry, arm, args.steps, runs_dir)
+                    short_wall = timed_train(entry, arm, args.base_steps, runs_dir)
                     examples = (args.steps - args.base_steps) * b * ARMS[arm]["processes"]
-                    rates[arm].append((examples / (long_wall - short_wall), (long_cpu - short_cpu) / examples * 1e3))
-            for arm, rows in rates.items():
-                walls = [w for w, _ in rows]
+                    rates[arm].append(examples / (long_wall - short_wall))
+            for arm, walls in rates.items():
                 print(f"{entry} {arm}: {statistics.median(walls):.0f} examples/s wall [{min(walls):.0f}-{max(walls):.0f}]")
-            ratio = [a[0] / c[0] for a, c in zip(rates["2x1"], rates["1x2"])]
+            ratio = [a / c for a, c in zip(rates["2x1"], rates["1x2"])]
             print(f"{entry}: 2x1 / 1x2 examples per wall second = {statistics.median(ratio):.2f} "
                   f"[{min(ratio):.2f}-{max(ratio):.2f}] (batch {b} per process)")
 

@@ -35,15 +35,8 @@ BEFORE = "runner-log-every-step"
 FUSED = "runner-fused-"
 
 
-def _flat(config: dict) -> list[tuple[str, object]]:
-    """The resolved train/optim settings as (dotted key, value) overrides."""
-    return [(f"{section}.{key}", value) for section in ("train", "optim") for key, value in config[section].items()]
-
 
 def _run_arm(arm: str, config: dict, device, warmup: int, progress: bool, data_dir):
-    if arm.startswith(FUSED):  # train.fused_steps=K
-        config = _common.ZOO.resolve(config["entry"], [f"{key}={json.dumps(value)}" for key, value in _flat(config)]
-                                     + [f"train.fused_steps={int(arm[len(FUSED):])}"])
     if arm == "plain":
         return _common.run_plain(config, device, warmup, data_dir=data_dir)
     if arm == BEFORE:  # training_step as it was: self.log on every step
@@ -61,12 +54,15 @@ def measure(entry: str, steps: int, repeats: int, device, precision: str, progre
     config = _common.resolve(entry, steps, precision, overrides)
     warmup = max(5, steps // 5)
     arms = ["runner", "plain"] + ([BEFORE] if before else []) + [f"{FUSED}{k}" for k in fused]
+    configs = {arm: config for arm in arms}
+    for k in fused:  # train.fused_steps=K: the same run, K optimiser steps per Lightning step
+        configs[f"{FUSED}{k}"] = _common.resolve(entry, steps, precision, (*overrides, f"train.fused_steps={k}"))
     wall = {a: [] for a in arms}
     cpu = {a: [] for a in arms}
     for r in range(repeats):
         order = arms[r % len(arms):] + arms[:r % len(arms)]
         for arm in order:
-            t = _run_arm(arm, config, device, warmup, progress, data_dir)
+            t = _run_arm(arm, configs[arm], device, warmup, progress, data_dir)
             wall[arm].append(t.steps_per_s)
             cpu[arm].append(t.steps_per_cpu_s)
         print(f"  {entry} round {r + 1}/{repeats}: " + ", ".join(

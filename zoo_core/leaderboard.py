@@ -233,11 +233,12 @@ def markdown_tables(board: dict) -> str:
     q_n = shared_n([r["quality"].get("n") for r in measured])
     kid_rows = [r for r in rows if r.get("kid") is not None]
     kid_n = shared_n([r.get("kid_num_samples") for r in kid_rows])
+    dated = _measured_dates(rows)  # a *measured* column when the rows come from different runs of the bench
     head = ("| entry | family | data | likelihood | NLL (nats) | bits/dim | bound "
             f"| sample quality (data floor){_header_n(q_n, bool(measured))} "
             + (f"| KID \u00b1 std (data floor){_header_n(kid_n, True)} " if with_kid else "")
             + "| precision / recall | NLL gap (nats) | train time | epochs | expected |"
-            + (" other metrics |" if extra else "") + (" measured |" if _measured_dates(rows) else ""))
+            + (" other metrics |" if extra else "") + (" measured |" if dated else ""))
     lines = [head, "|" + " --- |" * head.count(" | ") + " --- |"]
     for r in rows:
         others = ([", ".join(f"{k} {fmt(v)}" for k, v in (r.get("other_metrics") or {}).items()) or DASH]
@@ -250,7 +251,7 @@ def markdown_tables(board: dict) -> str:
             *([_kid_cell(r, kid_n)] if with_kid else []), _pr_cell(r),
             fmt(r["nll_gap_nats"]), fmt_time(r["train_time_s"]), r["epochs"] if r["epochs"] is not None else DASH,
             _expected_cell(r), *others,
-            *([(r.get("measured") or DASH)[:10]] if _measured_dates(rows) else []))) + " |")
+            *([(r.get("measured") or DASH)[:10]] if dated else []))) + " |")
     out = ["\n".join(lines)]
     notes = [f"NLLs are {board['split_note']}; \u2264 marks an upper bound (bound families). Sample quality: FD = "
              "Fréchet distance (in a classifier's feature space for images, in data space for 2-D data), SW1 = "

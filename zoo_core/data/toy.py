@@ -2,7 +2,7 @@
 
 Samples are drawn afresh from ``self.seed``: train, val and test each use their own
 independent stream (``numpy.random.default_rng([seed, split_index])``), so the data are
-deterministic given the seed and the three splits never share points.
+deterministic given ``seed`` and the three splits never share points.
 
 Where the true density is known (``8gaussians``, ``checkerboard``), ``true_log_prob`` gives it
 exactly and ``extras()`` reports the true differential entropy in nats.

@@ -156,7 +156,7 @@ def _labelled_splits(dataset: str, data_dir) -> tuple[Tensor, Tensor, Tensor, Te
         bunch = load_digits()
         levels = torch.from_numpy(bunch.images.astype("uint8"))[:, None]  # (1797, 1, 8, 8) 0..16
         labels = torch.from_numpy(bunch.target.astype("int64"))  # (1797,)
-        perm = torch.randperm(len(levels), generator=torch.Generator().manual_seed(0))  # the seed-0 split
+        perm = torch.randperm(len(levels), generator=torch.Generator().manual_seed(0))  # DigitsDataModule(seed=0)'s split
         train, test = perm[:N_TRAIN], perm[N_TRAIN + N_VAL:]
         return levels[train], labels[train], levels[test], labels[test], 17
     if dataset == "mnist":
