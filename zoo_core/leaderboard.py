@@ -77,6 +77,8 @@ def make_row(zoo, entry: str, config: dict, metrics: dict | None, how: str, erro
         "entry": entry, "family": config["family"], "data": data["name"], "representation": data["representation"],
         "likelihood": kind, "split": split, "bound": (r or {}).get("likelihood"),
         "nll_nats": _get(r, "nll_nats"), "nll_nats_stderr": _get(r, "nll_nats_stderr"),
+        # set when the run evaluated a subset of the split (eval.examples): the cell then names its n
+        "nll_examples": _count(r, "num_examples") if config.get("eval", {}).get("examples") else None,
         "bits_per_dim": _get(r, "bits_per_dim"), "nll_gap_nats": _get(r, "nll_gap_nats"),
         "quality": quality, "mmd2": _get(r, "mmd2"), "mmd2_data_floor": _get(r, "mmd2_data_floor"),
         "fd": fd, "fd_data_floor": _get(r, "fd_data_floor"), "fd_feature_extractor": (r or {}).get("fd_feature_extractor"),
@@ -158,6 +160,8 @@ def _nll_cell(row: dict) -> str:
         return DASH
     stderr = row["nll_nats_stderr"]
     cell = fmt(row["nll_nats"]) + (f" \u00b1 {fmt_like(stderr, row['nll_nats'])}" if stderr is not None else "")
+    if row.get("nll_examples"):
+        cell += f" (n = {row['nll_examples']})"
     return ("\u2264 " + cell) if row["likelihood"] == "bound" else cell
 
 

@@ -50,6 +50,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 EVAL_DEFAULTS: dict[str, Any] = {"metrics": ["nll", "sample_quality", "frechet", "kid", "precision_recall", "reconstruction",
                                              "generative_classifier", "conditional_samples"],
                                  "splits": ["test"], "iw_samples": None, "num_samples": 64, "quality_samples": 2000,
+                                 # null = every example of each split; N = N evenly spaced examples of it
+                                 "examples": None,
                                  # ODE likelihoods (flow_matching, diffusion's ode_nll; zoo_core/ode.py): null = the
                                  # model's own setting
                                  "ode_trace": None, "ode_probes": None, "ode_probe_noise": None, "ode_method": None,
@@ -230,6 +232,7 @@ EVAL_CHECKS: dict[str, Callable] = {
     "iw_samples": lambda v: _pos_int(v, allow_none=True, maximum=MAX_IW_SAMPLES),
     "num_samples": lambda v: _pos_int(v, maximum=MAX_NUM_SAMPLES),
     "quality_samples": lambda v: _pos_int(v, maximum=MAX_EXAMPLES),
+    "examples": lambda v: _pos_int(v, allow_none=True, maximum=MAX_EXAMPLES),
     "ode_trace": _choice(("auto", "exact", "hutchinson"), allow_none=True),
     "ode_probes": lambda v: _pos_int(v, allow_none=True, maximum=1000),
     "ode_probe_noise": _choice(("rademacher", "gaussian"), allow_none=True),

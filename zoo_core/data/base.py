@@ -233,6 +233,7 @@ class ZooDataModule(pl.LightningDataModule, abc.ABC):
         self._labels: dict[str, Tensor] | None = None  # per split (N,) int64, where the dataset has labels
         self._eval_cache: dict[str, Tensor] = {}
         self.test_split = "test"
+        self.test_examples: int | None = None  # evaluate N evenly spaced examples of the split (eval.examples)
 
     # ---- to implement ------------------------------------------------------------------------
     @abc.abstractmethod
@@ -438,8 +439,14 @@ class ZooDataModule(pl.LightningDataModule, abc.ABC):
             return 0, float("inf")
         return trainer.fit_loop.epoch_loop.batch_progress.current.ready, trainer.num_training_batches
 
-    def _eval_dataloader(self, split: str) -> DataLoader:
-        dataset = BatchDataset(self.eval_data(split), labels=self.eval_labels(split) if self.conditional else None)
+    def _eval_dataloader(self, split: str, examples: int | None = None) -> DataLoader:
+        """Batches of ``split``; of ``examples`` evenly spaced examples of it where given (every one
+        when the split is no larger), so a subset still spans a split stored in some order."""
+        data, labels = self.eval_data(split), self.eval_labels(split) if self.conditional else None
+        if examples is not None and examples < len(data):
+            keep = torch.arange(examples) * len(data) // examples  # (examples,) increasing, distinct
+            data, labels = data[keep], labels[keep] if labels is not None else None
+        dataset = BatchDataset(data, labels=labels)
         world, rank = self._world()
         sampler = StridedShardSampler(len(dataset), world, rank) if world > 1 else None
         return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, collate_fn=_batch_is_ready)
@@ -449,7 +456,7 @@ class ZooDataModule(pl.LightningDataModule, abc.ABC):
 
     def test_dataloader(self) -> DataLoader:
         """The split named by ``test_split`` (the runner evaluates val and test through Lightning's test loop)."""
-        return self._eval_dataloader(self.test_split)
+        return self._eval_dataloader(self.test_split, self.test_examples)
 
     def eval_dataloader(self, split: str) -> DataLoader:
         return self._eval_dataloader(split)

@@ -1,6 +1,7 @@
 """Evaluation: the entry's metrics on its splits, after training (``zoo train``) or of a saved run (``zoo eval``)."""
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytorch_lightning as pl
@@ -24,7 +25,7 @@ def run_metrics(zoo, trainer: pl.Trainer, model, datamodule, config: dict) -> di
     results: dict[str, Any] = {}
     for split in config["eval"]["splits"] if metrics else []:
         model.zoo_metrics = metrics
-        datamodule.test_split = split
+        datamodule.test_split, datamodule.test_examples = split, config["eval"]["examples"]
         try:
             trainer.test(model, datamodule=datamodule, verbose=False)
         except SystemExit:  # Lightning turns Ctrl-C (KeyboardInterrupt) into sys.exit(1) after its teardown
@@ -49,7 +50,8 @@ def evaluate(zoo, path: str, opts: RunOptions | None = None, splits: list[str] |
         if not item.split("=", 1)[0].strip().startswith("eval."):
             raise ConfigError(f"zoo eval: --set only changes eval.* settings, got {item!r}")
     model, config, ckpt = loaded if loaded is not None else load_model(path, zoo)
-    body = {k: v for k, v in config.items() if k not in ("entry", "source")}
+    # a deep copy: the overrides must not change the loaded model's own configuration
+    body = copy.deepcopy({k: v for k, v in config.items() if k not in ("entry", "source")})
     for item in opts.overrides:
         apply_override(body, item)
     if splits:
