@@ -3,12 +3,18 @@
 same reparameterisation noise, gradient clipping, cosine schedule and max_steps; a killed fused
 run resumes exactly; families that cannot fuse are refused in one line."""
 import signal
+from types import SimpleNamespace
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.precision import MixedPrecision, Precision
+from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 
 from test_resume import VAE, _kill_after_first_checkpoint, _metrics, _position, _start
 from zoo_core.cli import main
+from zoo_core.fused import direct_steps
+from zoo_core.model import GenerativeModel
 
 # VAE (noise at every step) with gradient clipping and a cosine schedule: 20 batches per epoch, so
 # groups of 3 leave a group of 2 at each epoch's end.
@@ -61,7 +67,24 @@ def test_killed_fused_run_resumes_exactly(tmp_path):
     assert code != 0
 
 
+@pytest.mark.parametrize("entry, extra", [
+    ("gmm-moons", ["--set", "train.batch_size=500"]),
+    # conditional: the label counts of the class prior and the labelled start, per batch of a group
+    ("gmm-digits-cond", ["--set", "train.batch_size=100", "--set", "model.n_components=2"])])
+def test_the_gradient_fit_of_a_mixture_fuses_bit_for_bit(tmp_path, entry, extra):
+    args = [entry, *extra, "--set", "model.fit=gradient", "--set", "optim.scheduler=cosine", "--max-steps", "25",
+            "--set", "eval.metrics=[nll]", "--accelerator", "cpu", "--no-progress"]
+    runs = {}
+    for k in (1, 4):
+        assert main(["train", *args, "--set", f"train.fused_steps={k}", "--runs-dir", str(tmp_path / str(k))]) == 0
+        runs[k] = _metrics(tmp_path / str(k) / entry / "version_0")
+    assert runs[1]["steps"] == runs[4]["steps"] == 25
+    assert runs[1]["ddp"]["weights_sha256_per_rank"] == runs[4]["ddp"]["weights_sha256_per_rank"]
+    assert runs[1]["test"]["nll_nats"] == runs[4]["test"]["nll_nats"]
+
+
 @pytest.mark.parametrize("entry, why", [("gan-moons", "steps its own optimisers"),
+                                        ("gmm-moons", "steps its own optimisers"),  # EM, its default fit
                                         ("diffusion-moons", "overrides on_train_batch_end")])
 def test_families_that_cannot_fuse_are_refused_in_one_line(tmp_path, capsys, entry, why):
     code = main(["train", entry, "--set", "train.fused_steps=2", "--max-steps", "2", "--accelerator", "cpu",
@@ -74,3 +97,58 @@ def test_families_that_cannot_fuse_are_refused_in_one_line(tmp_path, capsys, ent
 def test_fused_steps_must_be_a_positive_integer(tmp_path, capsys):
     assert main(["train", "vae-moons", "--set", "train.fused_steps=0", "--runs-dir", str(tmp_path)]) == 1
     assert "key 'train.fused_steps': expected a positive integer" in capsys.readouterr().err
+
+
+class _Listener(pl.Callback):
+    def on_after_backward(self, trainer, pl_module):
+        pass
+
+
+class _Plain(GenerativeModel):
+    _log_prob = _sample = loss = None  # never called: only the class's hooks are looked at
+
+
+class _ModelHook(_Plain):
+    def on_before_backward(self, loss):
+        pass
+
+
+def _trainer(strategy=None, precision=None, callbacks=()):
+    return SimpleNamespace(strategy=strategy or SingleDeviceStrategy(torch.device("cpu")),
+                           precision_plugin=precision or Precision(), callbacks=list(callbacks))
+
+
+def test_the_fused_loop_skips_lightnings_step_hooks_only_where_nothing_listens():
+    model = _Plain.__new__(_Plain)
+    assert direct_steps(_trainer(), model, GenerativeModel)
+    assert direct_steps(_trainer(precision=MixedPrecision("bf16-mixed", "cpu")), model, GenerativeModel)
+    # a callback or model hook around the step, loss scaling, or another strategy: Lightning's own path
+    assert not direct_steps(_trainer(callbacks=[_Listener()]), model, GenerativeModel)
+    assert not direct_steps(_trainer(), _ModelHook.__new__(_ModelHook), GenerativeModel)
+    assert not direct_steps(_trainer(precision=MixedPrecision("16-mixed", "cpu")), model, GenerativeModel)
+    assert not direct_steps(_trainer(strategy=DDPStrategy()), model, GenerativeModel)
+
+
+def test_a_listening_callback_hears_every_fused_step(tmp_path):
+    """With a callback on on_after_backward the fused loop goes through manual_backward: the hook runs
+    once per optimiser step, not once per group."""
+    import zoo_core
+
+    heard = []
+
+    class Count(pl.Callback):
+        def on_after_backward(self, trainer, pl_module):
+            heard.append(trainer.global_step)
+
+    zoo = zoo_core.default_zoo()
+    from zoo_core.runner.build import build_datamodule, build_model, fuse_training_steps
+
+    config = zoo.resolve("vae-moons", ["train.fused_steps=3", "train.max_steps=7", "optim.scheduler=cosine"])
+    datamodule = build_datamodule(zoo, config)
+    model = build_model(zoo, config, datamodule)
+    fuse_training_steps(config, datamodule, model)
+    trainer = pl.Trainer(max_steps=7, accelerator="cpu", devices=1, callbacks=[Count()], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=datamodule)
+    assert heard == list(range(7)) and model._direct_steps is False

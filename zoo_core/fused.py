@@ -15,3 +15,32 @@ from __future__ import annotations
 
 class FusedBatches(list):
     """``k`` consecutive training batches (each ``x`` or ``(x, y)``) delivered as one loader item."""
+
+
+#: Lightning's hooks around one manual optimiser step (backward and step): the fused loop may call
+#: backward and the optimiser directly only where none of them does anything
+STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+
+
+def direct_steps(trainer, model, base) -> bool:
+    """Whether the fused loop may call ``loss.backward()`` and the optimiser itself instead of
+    Lightning's ``manual_backward`` and ``LightningOptimizer.step``, with the same effect: one
+    process (no gradient synchronisation to arm), a precision without loss scaling, no
+    ``backward`` of the model's own, and no callback or model hook listening around the step
+    (``base``: the class whose hooks are known to do nothing in a fused step). On a CPU these
+    hook dispatches cost about a third of a millisecond per step, a quarter of a small model's step."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.plugins.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
+    from pytorch_lightning.strategies import SingleDeviceStrategy
+
+    precision = trainer.precision_plugin
+    if not isinstance(trainer.strategy, SingleDeviceStrategy):
+        return False
+    if type(precision) not in (Precision, DoublePrecision, HalfPrecision, MixedPrecision):
+        return False
+    if getattr(precision, "scaler", None) is not None or type(model).backward is not pl.LightningModule.backward:
+        return False
+    if any(getattr(type(model), hook) is not getattr(base, hook) for hook in STEP_HOOKS):
+        return False
+    return not any(getattr(type(cb), hook) is not getattr(pl.Callback, hook)
+                   for cb in trainer.callbacks for hook in STEP_HOOKS)

@@ -28,7 +28,7 @@ from torch import Tensor
 from zoo_core.data.spec import DataSpec
 from zoo_core.optim import DEFAULT_OPTIM, OPTIMIZER_NAMES
 from zoo_core.errors import ConfigError, ContextError, InterfaceError, NoLikelihoodError, TrainingDiverged
-from zoo_core.fused import FusedBatches
+from zoo_core.fused import FusedBatches, direct_steps
 
 LIKELIHOOD_KINDS = ("exact", "bound", "none")
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -217,17 +217,25 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
         if isinstance(batch, FusedBatches):
             return self._fused_training_step(batch, batch_idx)
         x, context = self.split_batch(batch)
+        self.on_training_batch(x, context)
         loss = self.loss(x, context)
         self.check_finite(loss, "loss")
         if batch_idx == 0 or self.logs_this_step():  # the first batch too: the bar shows a loss from the start
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(x))
         return loss
 
+    def on_training_batch(self, x: Tensor, context: Tensor | None) -> None:
+        """Per-batch bookkeeping of a family, before the loss of every training batch that gets an
+        optimiser step (fused or not); e.g. counting labels. Default: nothing."""
+
     # ---- fused optimiser steps (train.fused_steps; zoo_core/fused.py) ------------------------------
     fused_steps: int = 1
     #: Lightning hooks a family may not override to fuse steps (they would run once per group of batches)
     FUSED_STEP_HOOKS = ("training_step", "on_train_batch_end", "on_train_batch_start", "optimizer_step",
                         "optimizer_zero_grad", "configure_gradient_clipping")
+    #: hooks of FUSED_STEP_HOOKS this family overrides in a way that fuses: a training_step that
+    #: hands the shared one every batch it trains on by gradient (per-batch work in on_training_batch)
+    FUSED_STEP_HOOKS_HANDLED: tuple[str, ...] = ()
 
     def fuse_steps(self, k: int, gradient_clip_val: float | None = None) -> None:
         """Take ``k`` optimiser steps per Lightning step, one per batch of a :class:`FusedBatches`
@@ -237,12 +245,12 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
         if k == 1:
             return
         why = "steps its own optimisers" if not self.automatic_optimization else next(
-            (f"overrides {hook}" for hook in self.FUSED_STEP_HOOKS
-             if getattr(type(self), hook) is not getattr(GenerativeModel, hook)), None)
+            (f"overrides {hook}" for hook in self.FUSED_STEP_HOOKS if hook not in self.FUSED_STEP_HOOKS_HANDLED
+             and getattr(type(self), hook) is not getattr(GenerativeModel, hook)), None)
         if why:
             raise ConfigError(f"train.fused_steps: {k}: family '{self.family}' {why}, so its optimiser steps "
                               f"cannot be fused; use train.fused_steps: 1")
-        self.fused_steps, self._fused_clip = k, gradient_clip_val
+        self.fused_steps, self._fused_clip, self._direct_steps = k, gradient_clip_val, None
         self.automatic_optimization = False
 
     def _fused_training_step(self, batches: FusedBatches, batch_idx: int) -> None:
@@ -254,19 +262,30 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
             raise ConfigError(f"train.fused_steps: family '{self.family}' uses a learning-rate schedule that is not "
                               f"stepped after every optimiser step; use train.fused_steps: 1")
         optimizer = self.optimizers()
+        if self._direct_steps is None:
+            self._direct_steps = direct_steps(trainer, self, GenerativeModel)
         loss, n = None, 0
         for part in batches:
             if 0 <= trainer.max_steps <= self.global_step:
                 break
             x, context = self.split_batch(part)
+            self.on_training_batch(x, context)
             loss, n = self.loss(x, context), len(x)
             self.check_finite(loss, "loss")
             optimizer.zero_grad()
-            self.manual_backward(loss)
+            if self._direct_steps:  # what manual_backward does where no hook listens (zoo_core.fused)
+                loss.backward()
+            else:
+                self.manual_backward(loss)
             self.check_gradients_finite(optimizer.optimizer)  # before clipping, as in automatic optimisation
             if self._fused_clip:
                 self.clip_gradients(optimizer, gradient_clip_val=self._fused_clip, gradient_clip_algorithm="norm")
-            optimizer.step()
+            if self._direct_steps:  # LightningOptimizer.step without the hooks: counts the step, steps
+                optimizer._on_before_step()
+                optimizer.optimizer.step()
+                optimizer._on_after_step()
+            else:
+                optimizer.step()
             for config in configs:
                 config.scheduler.step()
         if loss is not None and (batch_idx == 0 or self.logs_this_step()):

@@ -297,17 +297,14 @@ class GMM(GenerativeModel):
             return torch.optim.SGD(self.parameters(), lr=0.0)
         return super().configure_optimizers()
 
+    #: the gradient fit is the shared training_step (the label counts in on_training_batch), fused or not
+    FUSED_STEP_HOOKS_HANDLED = ("training_step",)
+
     def training_step(self, batch, batch_idx: int):
-        x, labels = self.split_batch(batch)
-        if self.is_conditional:
-            if labels is None:
-                raise DataError(f"gmm: a conditional mixture trains on (x, y) batches; dataset "
-                                f"'{self.data_spec.name}' gave batches without labels")
-            if not bool(self._labelled_init_done):
-                self.init_labelled(x, labels)
-            self.class_prior.observe(labels)
         if self.fit == "gradient":
             return super().training_step(batch, batch_idx)
+        x, labels = self.split_batch(batch)  # EM: never fused (it steps no optimiser by gradient)
+        self.on_training_batch(x, labels)
         with torch.no_grad():
             resp, log_norm = self.e_step(x, labels)
         self.check_finite(log_norm, "log-likelihood")
@@ -318,6 +315,18 @@ class GMM(GenerativeModel):
         if batch_idx + 1 >= self.trainer.num_training_batches:
             self._em_epoch_end()
         return None
+
+    def on_training_batch(self, x: Tensor, labels: Tensor | None) -> None:
+        """A conditional mixture counts the batch's labels for its class prior (the first batch also
+        starts the mixture)."""
+        if not self.is_conditional:
+            return
+        if labels is None:
+            raise DataError(f"gmm: a conditional mixture trains on (x, y) batches; dataset "
+                            f"'{self.data_spec.name}' gave batches without labels")
+        if not bool(self._labelled_init_done):
+            self.init_labelled(x, labels)
+        self.class_prior.observe(labels)
 
     def on_train_epoch_end(self) -> None:
         if self.fit == "em":
