@@ -11,8 +11,11 @@ import torch
 from pytorch_lightning.plugins.precision import MixedPrecision, Precision
 from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 
+from test_divergence import NAN_AT_STEP, NaNAfterFiveSteps, NaNGradientAtStepFive, _plugin
 from test_resume import VAE, _kill_after_first_checkpoint, _metrics, _position, _start
 from zoo_core.cli import main
+from zoo_core.errors import TrainingDiverged
+from zoo_core.runner import RunOptions, train as run_training
 from zoo_core.fused import direct_steps
 from zoo_core.model import GenerativeModel
 
@@ -152,3 +155,23 @@ def test_a_listening_callback_hears_every_fused_step(tmp_path):
                          default_root_dir=tmp_path)
     trainer.fit(model, datamodule=datamodule)
     assert heard == list(range(7)) and model._direct_steps is False
+
+
+@pytest.mark.parametrize("family, expected", [
+    (NaNAfterFiveSteps, ["loss became NaN", f"at step {NAN_AT_STEP}"]),
+    (NaNGradientAtStepFive, ["gradient", f"step {NAN_AT_STEP}", "'means'", "optimizer 0, parameter group 0"])])
+def test_fused_steps_stop_a_diverging_run_as_unfused_ones_do(tmp_path, family, expected):
+    """The fused loop's checks (one host sync for loss and gradients) name the same step and parameter,
+    and the step is not applied: the last checkpoint holds finite weights."""
+    zoo = _plugin(family)
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(f"bad-moons:\n  family: {family.family}\n  data: {{name: moons, n_train: 1000}}\n"
+                        "  model: {n_components: 4}\n  train: {max_epochs: 10, batch_size: 250, fused_steps: 3}\n")
+    runs = tmp_path / "runs"
+    with pytest.raises(TrainingDiverged) as info:
+        run_training(zoo, "bad-moons", RunOptions(registry_files=[str(registry)], runs_dir=str(runs),
+                                                  accelerator="cpu", progress=False))
+    assert all(part in str(info.value) for part in expected), str(info.value)
+    checkpoint = torch.load(runs / "bad-moons" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 4  # the end of the first epoch (4 batches), before step 5
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
