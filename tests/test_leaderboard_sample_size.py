@@ -103,3 +103,16 @@ def test_picture_never_puts_rows_at_different_n_on_one_axis(mixed):
         assert ratios["small-n"] == pytest.approx(12.0 / 8.0) and ratios["large-n"] == pytest.approx(3.0 / 0.5)
     finally:
         plt.close(fig)
+
+
+def test_an_nll_measured_on_part_of_the_split_names_its_n(zoo):
+    """eval.examples: the NLL of a subset says so (its n), the NLL of a whole split does not."""
+    test = {"nll_nats": 80.0, "nll_nats_stderr": 0.5, "num_examples": 1000}
+    config = {"family": "gmm", "data": {"name": "mnist", "representation": "dequantized"}}
+    subset = make_row(zoo, "subset", {**config, "eval": {"examples": 1000}}, {"likelihood": "exact", "test": test}, "")
+    whole = make_row(zoo, "whole", {**config, "eval": {"examples": None}},
+                     {"likelihood": "exact", "test": {**test, "num_examples": 10000}}, "")
+    md = markdown_tables(_board([subset, whole]))
+    line = {name: next(x for x in md.splitlines() if x.startswith(f"| `{name}`")) for name in ("subset", "whole")}
+    assert "80.00 ± 0.50 (n = 1000)" in line["subset"]
+    assert "(n = " not in line["whole"].split("|")[5]
