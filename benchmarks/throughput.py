@@ -130,10 +130,11 @@ def main(argv=None) -> int:
                      f"CPU {_ratio(res[f'ratios_cpu_{BEFORE}'])}")
         for arm in (a for a in res["steps_per_s"] if a.startswith(FUSED)):
             line += f"  | {arm}: wall {_ratio(res[f'ratios_wall_{arm}'])}  CPU {_ratio(res[f'ratios_cpu_{arm}'])}"
-        kind = "cpu" if res["ratio_kind"] == "CPU time" else "wall"
-        verdicts = [f"{'runner' if not a.startswith(FUSED) else a}: "
-                    f"{'met' if statistics.median(res[f'ratios_{kind}' + ('' if a == 'runner' else f'_{a}')]) >= res['target'] else 'MISSED'}"
-                    for a in res["steps_per_s"] if a == "runner" or a.startswith(FUSED)]
+        key = "ratios_cpu" if res["ratio_kind"] == "CPU time" else "ratios_wall"
+        verdicts = []
+        for arm in (a for a in res["steps_per_s"] if a == "runner" or a.startswith(FUSED)):
+            ratio = statistics.median(res[key if arm == "runner" else f"{key}_{arm}"])
+            verdicts.append(f"{arm}: {'met' if ratio >= res['target'] else 'MISSED'}")
         print(f"{line}  | target {res['ratio_kind']} >= {res['target']}: {', '.join(verdicts)}")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": _common.machine_note(), "results": results}, indent=2) + "\n")

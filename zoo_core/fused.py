@@ -28,7 +28,7 @@ def direct_steps(trainer, model, base) -> bool:
     process (no gradient synchronisation to arm), a precision without loss scaling, no
     ``backward`` of the model's own, and no callback or model hook listening around the step
     (``base``: the class whose hooks are known to do nothing in a fused step). On a CPU these
-    hook dispatches cost about a third of a millisecond per step, a quarter of a small model's step."""
+    hook dispatches cost about a sixth of a small model's step (gmm-moons, 1.1 ms)."""
     import pytorch_lightning as pl
     from pytorch_lightning.plugins.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
     from pytorch_lightning.strategies import SingleDeviceStrategy

@@ -31,6 +31,11 @@ from zoo_core.errors import ConfigError, ContextError, InterfaceError, NoLikelih
 from zoo_core.fused import FusedBatches, direct_steps
 
 LIKELIHOOD_KINDS = ("exact", "bound", "none")
+
+
+def _with_gradients(optimizer) -> list[tuple[int, Tensor]]:
+    """(parameter group index, parameter) of every parameter of ``optimizer`` that has a gradient."""
+    return [(g, p) for g, group in enumerate(optimizer.param_groups) for p in group["params"] if p.grad is not None]
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES
 
@@ -361,9 +366,8 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
     def _check_loss_and_gradients(self, loss: Tensor, optimizer) -> None:
         """``check_finite(loss)`` then ``check_gradients_finite`` (one process, after backward, before
         the step), with a single host sync while both are finite: a small model's step is ~1 ms."""
-        grads = [p.grad.sum().float() for group in optimizer.param_groups for p in group["params"]
-                 if p.grad is not None]
-        if bool(torch.isfinite(torch.stack([loss.detach().float(), *grads])).all()):  # (1 + P,)
+        sums = [p.grad.sum().float() for _, p in _with_gradients(optimizer)]
+        if bool(torch.isfinite(torch.stack([loss.detach().float(), *sums])).all()):  # (1 + P,)
             return
         self.check_finite(loss, "loss")
         self.check_gradients_finite(optimizer)
@@ -376,7 +380,7 @@ class GenerativeModel(pl.LightningModule, abc.ABC):
         trainer = self._trainer
         if trainer is not None and getattr(trainer.precision_plugin, "scaler", None) is not None:
             return
-        params = [(g, p) for g, group in enumerate(optimizer.param_groups) for p in group["params"] if p.grad is not None]
+        params = _with_gradients(optimizer)
         # One cheap pass (a NaN or inf in a gradient makes its sum non-finite) and one host sync; the
         # per-parameter scan runs only when it fires (a finite sum that overflows just triggers the scan).
         sums = torch.stack([p.grad.sum().float() for _, p in params]) if params else torch.zeros(0)  # (P,)
