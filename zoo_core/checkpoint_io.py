@@ -124,7 +124,8 @@ def collect_rng_states() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": {"version": int(version), "state": list(py_state), "gauss": gauss},
+        # as one int64 tensor: a list of 625 ints costs as much to pickle as the rest of a small checkpoint
+        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64), "gauss": gauss},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state()  # the current device's
@@ -137,7 +138,8 @@ def set_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached_gaussian"]))
     p = states["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    state = p["state"]  # (625,) int64 tensor; a list in checkpoints written before it was a tensor
+    random.setstate((p["version"], tuple(state.tolist() if isinstance(state, torch.Tensor) else state), p["gauss"]))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state(states["cuda"])
 

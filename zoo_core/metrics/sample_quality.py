@@ -25,15 +25,22 @@ from zoo_core.metrics.features import SEED, SampleMetric, model_samples
 PROJECTIONS = 256
 
 
-def mmd2_unbiased(x: Tensor, y: Tensor, bandwidth: float) -> float:
-    """x (n, D), y (m, D) -> unbiased MMD^2 with k(a, b) = exp(-|a - b|^2 / (2 bandwidth^2))."""
-    def k(a, b):
-        return torch.exp(-torch.cdist(a, b).pow(2) / (2 * bandwidth ** 2))
+def _kernel_mean(a: Tensor, b: Tensor, bandwidth: float, same: bool = False) -> Tensor:
+    """Mean of k(a_i, b_j) = exp(-|a_i - b_j|^2 / (2 bandwidth^2)) over a (n, D), b (m, D); over
+    the pairs i != j when ``same`` (a is b). In place on one (n, m) matrix."""
+    k = torch.cdist(a, b).square_().mul_(-0.5 / bandwidth ** 2).exp_()  # (n, m)
+    if same:
+        n = len(a)
+        return (k.sum() - k.diagonal().sum()) / (n * (n - 1))
+    return k.mean()
 
-    n, m = len(x), len(y)
-    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
-    return float((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-                 + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
+
+def mmd2_unbiased(x: Tensor, y: Tensor, bandwidth: float, kyy_mean: Tensor | None = None) -> float:
+    """x (n, D), y (m, D) -> unbiased MMD^2 with k(a, b) = exp(-|a - b|^2 / (2 bandwidth^2)).
+    ``kyy_mean``: ``_kernel_mean(y, y, bandwidth, same=True)`` when already computed."""
+    if kyy_mean is None:
+        kyy_mean = _kernel_mean(y, y, bandwidth, same=True)
+    return float(_kernel_mean(x, x, bandwidth, same=True) + kyy_mean - 2 * _kernel_mean(x, y, bandwidth))
 
 
 def sliced_wasserstein(x: Tensor, y: Tensor, projections: int = PROJECTIONS, seed: int = SEED) -> float:
@@ -73,9 +80,10 @@ class SampleQuality(SampleMetric):
         if not torch.isfinite(samples).all():
             return {"mmd2": math.nan, "sliced_wasserstein": math.nan, "quality_samples": n}
         bandwidth = median_bandwidth(reference)
+        kyy_mean = _kernel_mean(reference, reference, bandwidth, same=True)  # shared by both statistics
         return {
-            "mmd2": mmd2_unbiased(samples, reference, bandwidth),
-            "mmd2_data_floor": mmd2_unbiased(other_half, reference, bandwidth),
+            "mmd2": mmd2_unbiased(samples, reference, bandwidth, kyy_mean),
+            "mmd2_data_floor": mmd2_unbiased(other_half, reference, bandwidth, kyy_mean),
             "sliced_wasserstein": sliced_wasserstein(samples, reference),
             "sliced_wasserstein_data_floor": sliced_wasserstein(other_half, reference),
             "quality_samples": n,
