@@ -161,3 +161,23 @@ def test_resume_removes_temporary_files_of_a_process_killed_mid_save(run_dir):
     stale.write_bytes(b"half a checkpoint")
     assert main(["train", "gmm-moons", "--resume", str(run_dir), "--max-epochs", "3", *TINY]) == 0
     assert not stale.exists() and read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 2
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint_and_the_older_list_form(tmp_path):
+    import random
+
+    import numpy as np
+
+    from zoo_core.checkpoint_io import collect_rng_states, set_rng_states
+
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    states = collect_rng_states()
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    torch.save(states, tmp_path / "rng.pt")
+    loaded = torch.load(tmp_path / "rng.pt", weights_only=True)
+    assert isinstance(loaded["python"]["state"], torch.Tensor) and loaded["python"]["state"].shape == (625,)
+    older = {**loaded, "python": {**loaded["python"], "state": loaded["python"]["state"].tolist()}}
+    for form in (loaded, older):
+        random.seed(7), np.random.seed(7), torch.manual_seed(7)
+        set_rng_states(form)
+        assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == expected
