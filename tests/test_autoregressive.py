@@ -25,6 +25,7 @@ import zoo_autoregressive
 
 from conftest import run_zoo, zoo_env
 from zoo_core.data.spec import DataSpec
+from zoo_core.errors import ConfigError
 
 
 
@@ -55,6 +56,7 @@ MADE_CASES = [  # (event shape, representation, model kwargs)
     ((1, 2, 3), "binarized", dict(hidden=[8, 8, 8], num_masks=2)),
     ((2,), "continuous", dict(hidden=[16, 16], n_components=3)),
     ((5,), "continuous", dict(hidden=[24], n_components=2, num_masks=3)),
+    ((6,), "binarized", dict(hidden=[12, 12], num_masks=3, orderings="natural")),
 ]
 
 
@@ -69,8 +71,8 @@ def test_made_autoregressive_property(shape, representation, kwargs):
     for k in range(model.num_masks):
         order = model.order(k)  # (D,) positions 1..D
         assert sorted(order.tolist()) == list(range(1, D + 1))
-        if k == 0:
-            assert order.tolist() == list(range(1, D + 1)), "mask 0 uses the natural order"
+        if k == 0 or kwargs.get("orderings") == "natural":
+            assert order.tolist() == list(range(1, D + 1)), "mask 0 (every mask with orderings=natural) uses the natural order"
         jac = torch.autograd.functional.jacobian(lambda v: model.conditionals(v, k), x)  # (1, D, P, 1, *shape)
         jac = jac.reshape(D, P, D).abs().sum(1)  # (D outputs, D inputs)
         later = order[None, :] >= order[:, None]  # later[i, j]: j at or after i
@@ -324,7 +326,7 @@ def test_plugin_and_hyperparameters():
     model = Autoregressive(spec((6,)), hidden=(7, 5), num_masks=2)
     assert dict(model.hparams) == {
         "data": spec((6,)), "optim": None, "architecture": "made", "hidden": [7, 5], "num_masks": 2,
-        "direct": True, "mask_seed": 0, "channels": 64, "n_layers": 4, "kernel_size": 7, "n_components": 10,
+        "orderings": "random", "direct": True, "mask_seed": 0, "channels": 64, "n_layers": 4, "kernel_size": 7, "n_components": 10,
     }
     assert model.family == "autoregressive" and model.likelihood == "exact"
 
@@ -338,3 +340,13 @@ def test_two_process_ddp_training(tmp_path):
     metrics = json.loads((tmp_path / "autoregressive-moons" / "version_0" / "metrics.json").read_text())
     assert metrics["ddp"]["world_size"] == 2 and metrics["ddp"]["identical"]
     assert metrics["likelihood"] == "exact" and math.isfinite(metrics["test"]["nll_nats"])
+
+
+def test_connectivity_agnostic_masks_keep_the_order_and_vary_the_hidden_degrees():
+    model = Autoregressive(spec((6,)), hidden=[12, 12], num_masks=4, orderings="natural")
+    degrees = model.net._degrees
+    assert all(d[0].tolist() == list(range(1, 7)) for d in degrees)
+    assert len({tuple(d[1].tolist()) for d in degrees}) == 4, "each mask draws its own hidden connectivity"
+    assert len({tuple(d[0].tolist()) for d in Autoregressive(spec((6,)), hidden=[12], num_masks=4).net._degrees}) > 1
+    with pytest.raises(ConfigError, match="model.orderings"):
+        Autoregressive(spec((6,)), orderings="raster")

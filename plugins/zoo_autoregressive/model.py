@@ -23,7 +23,8 @@ therefore exact and costs one pass; sampling is sequential (D steps).
   hidden units of degree < m^0(d) (the position of d in the ordering); optional direct
   input-to-output connections with mask [m^0(d) > m^0(d')]. With ``num_masks`` = K > 1 the
   model is trained order-agnostically (one of K seeded orderings and connectivities per
-  minibatch; mask 0 is the natural raster order) and ``log_prob`` is the exact density of the
+  minibatch; mask 0 is the natural raster order), or with ``orderings: natural`` only
+  connectivity-agnostically (every mask in raster order), and ``log_prob`` is the exact density of the
   uniform mixture of the K autoregressive models, log (1/K) sum_k p_k(x), as the paper's
   ensembles average probabilities over masks.
 - ``pixelcnn``: for images in raster order; a k x k type-A masked convolution (centre
@@ -91,6 +92,7 @@ from .nets import MADENet, PixelCNNNet
 
 ARCHITECTURES = ("made", "pixelcnn", "gated_pixelcnn")
 IMAGE_ARCHITECTURES = ("pixelcnn", "gated_pixelcnn")
+ORDERINGS = ("random", "natural")  # what MADE's masks 1.. vary besides the hidden connectivity
 LOG_SCALE_MIN, LOG_SCALE_MAX = -7.0, 3.0
 # raw = 0 maps to log-scale 0 (unit scale): sigmoid(raw + _SCALE_SHIFT) = -MIN / (MAX - MIN)
 _SCALE_SHIFT = math.log(-LOG_SCALE_MIN / LOG_SCALE_MAX)
@@ -107,6 +109,8 @@ class Autoregressive(GenerativeModel):
         architecture: ``made`` (any data), ``pixelcnn`` or ``gated_pixelcnn`` (images, one or more channels).
         hidden: MADE's hidden layer widths.
         num_masks: MADE's number of orderings/connectivities (1 = the natural order only).
+        orderings: what MADE's masks 1.. vary: ``random`` (order- and connectivity-agnostic training)
+            or ``natural`` (the natural order in every mask; connectivity-agnostic training only).
         direct: MADE's direct input-to-output masked connections.
         mask_seed: seed of MADE's hidden degrees and orderings (masks are rebuilt from it).
         channels: the PixelCNNs' feature maps (at least the image's channels: split into colour groups).
@@ -126,6 +130,7 @@ class Autoregressive(GenerativeModel):
         architecture: str = "made",
         hidden: Sequence[int] = (500,),
         num_masks: int = 1,
+        orderings: str = "random",
         direct: bool = True,
         mask_seed: int = 0,
         channels: int = 64,
@@ -134,7 +139,7 @@ class Autoregressive(GenerativeModel):
         n_components: int = 10,
     ):
         # Plain Python types, so the hyperparameters load with torch.load(weights_only=True).
-        architecture, direct = str(architecture), bool(direct)
+        architecture, direct, orderings = str(architecture), bool(direct), str(orderings)
         hidden = [int(h) for h in hidden]
         num_masks, mask_seed, channels = int(num_masks), int(mask_seed), int(channels)
         n_layers, kernel_size, n_components = int(n_layers), int(kernel_size), int(n_components)
@@ -144,6 +149,8 @@ class Autoregressive(GenerativeModel):
         if self.is_conditional and self.data_spec.context_shape:
             raise ConfigError(f"autoregressive: conditions on class labels only, got a context of shape "
                               f"{tuple(self.data_spec.context_shape)}")
+        if orderings not in ORDERINGS:
+            raise ConfigError(f"autoregressive: model.orderings must be one of {', '.join(ORDERINGS)}, got {orderings!r}")
         classes = self.num_classes if self.is_conditional else None
         if num_masks < 1 or n_components < 1 or channels < 1 or n_layers < 0 or any(h < 1 for h in hidden):
             raise ValueError("autoregressive: num_masks, n_components, channels and hidden widths must be positive")
@@ -154,7 +161,8 @@ class Autoregressive(GenerativeModel):
         self.D = self.data_spec.dims
         if architecture == "made":
             self.num_masks = num_masks
-            self.net = MADENet(self.D, hidden, self.P, num_masks, mask_seed, direct, classes)
+            self.net = MADENet(self.D, hidden, self.P, num_masks, mask_seed, direct, classes,
+                               random_orders=orderings == "random")
         else:
             if not self.data_spec.is_image:
                 raise ValueError(

@@ -62,15 +62,17 @@ def made_masks(degrees: list[Tensor], params_per_dim: int) -> tuple[list[Tensor]
 class MADENet(nn.Module):
     """Masked MLP x (N, D) -> conditional parameters (N, D, P), for one of ``num_masks`` masks.
 
-    Mask 0 uses the natural order; masks 1.. (order-agnostic training) use random orders. All
-    masks are rebuilt from ``mask_seed`` and cached per (mask, device); none is stored.
+    Mask 0 uses the natural order; masks 1.. use random orders (order-agnostic training), or with
+    ``random_orders=False`` the natural order too, only their hidden connectivity differing
+    (connectivity-agnostic training, Germain et al. 2015, sec. 4.3). All masks are rebuilt from
+    ``mask_seed`` and cached per (mask, device); none is stored.
     With ``num_classes`` a one-hot class y is connected, unmasked, to every hidden unit and every
     output (a learnt per-class bias of each, ``class_hidden`` and ``class_out``), so every
     conditional p(x_d | x_<d, y) sees the class, the first one included.
     """
 
     def __init__(self, D: int, hidden: list[int], params_per_dim: int, num_masks: int, mask_seed: int,
-                 direct: bool, num_classes: int | None = None):
+                 direct: bool, num_classes: int | None = None, random_orders: bool = True):
         super().__init__()
         self.D, self.P, self.hidden = D, params_per_dim, list(hidden)
         self.num_masks, self.mask_seed = num_masks, mask_seed
@@ -87,7 +89,8 @@ class MADENet(nn.Module):
             self.class_out = nn.Embedding(num_classes, D * params_per_dim)
             for emb in [*self.class_hidden, self.class_out]:
                 nn.init.zeros_(emb.weight)
-        self._degrees = [made_degrees(D, self.hidden, mask_seed + k, natural_order=(k == 0)) for k in range(num_masks)]
+        self._degrees = [made_degrees(D, self.hidden, mask_seed + k, natural_order=(k == 0 or not random_orders))
+                         for k in range(num_masks)]
         self._cache: dict = {}
 
     def order(self, k: int) -> Tensor:
