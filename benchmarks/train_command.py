@@ -1,8 +1,10 @@
 """Where a whole ``zoo train ENTRY`` command spends its time, start-up to summary line.
 
-Each round runs, in fresh processes and rotating order: ``import torch``, ``import
-pytorch_lightning`` (the floor every ``zoo train`` pays, since a family is a LightningModule) and
-the whole ``zoo train ENTRY --no-progress`` in a temporary runs directory. It reads each one's wall
+Each round runs, in fresh processes and rotating order: ``import torch``; ``import torch`` and
+build one Adam optimiser (what any PyTorch training script pays before its first step: building
+a torch optimiser imports ``torch._dynamo``); ``import pytorch_lightning`` (the floor every
+``zoo train`` pays, since a family is a LightningModule) and the whole ``zoo train ENTRY
+--no-progress`` in a temporary runs directory. It reads each one's wall
 time and child CPU time (``resource.getrusage``), and the command's fit time from its
 metrics.json (``wall_time_s``: ``trainer.fit``, from the Trainer's set-up to the last checkpoint).
 Printed: medians over rounds, the ratio command / fit, and the command split into the Lightning
@@ -24,6 +26,10 @@ import time
 from pathlib import Path
 
 
+#: the start-up of any PyTorch training script: torch, and the torch._dynamo import an optimiser triggers
+TORCH_OPTIMISER = "import torch; torch.optim.Adam(torch.nn.Linear(2, 2).parameters())"
+
+
 def timed(args: list[str], cwd: str) -> tuple[float, float]:
     """(wall s, child CPU s) of one fresh process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -41,7 +47,7 @@ def main(argv=None) -> int:
     p.add_argument("--entry", default="gmm-moons")
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args(argv)
-    arms = ["import torch", "import pytorch_lightning", "zoo train"]
+    arms = ["import torch", TORCH_OPTIMISER, "import pytorch_lightning", "zoo train"]
     wall = {a: [] for a in arms}
     cpu = {a: [] for a in arms}
     fit = []
@@ -57,7 +63,7 @@ def main(argv=None) -> int:
                     w, c = timed(["-c", arm], tmp)
                 wall[arm].append(w)
                 cpu[arm].append(c)
-        print(f"  round {r + 1}: " + ", ".join(f"{a} {wall[a][-1]:.2f} s ({cpu[a][-1]:.2f} CPU-s)" for a in arms)
+        print(f"  round {r + 1}: " + ", ".join(f"{a[:40]} {wall[a][-1]:.2f} s ({cpu[a][-1]:.2f} CPU-s)" for a in arms)
               + f", fit {fit[-1]:.2f} s", flush=True)
     med = {a: statistics.median(wall[a]) for a in arms}
     med_cpu = {a: statistics.median(cpu[a]) for a in arms}
@@ -65,7 +71,8 @@ def main(argv=None) -> int:
     command, lightning = med["zoo train"], med["import pytorch_lightning"]
     print(f"\n# medians (wall; CPU in brackets)")
     for a in arms:
-        print(f"{a:<26} {med[a]:.2f} s ({med_cpu[a]:.2f} CPU-s)  [{min(wall[a]):.2f}-{max(wall[a]):.2f}]")
+        label = "import torch + optimiser" if a == TORCH_OPTIMISER else a
+        print(f"{label:<26} {med[a]:.2f} s ({med_cpu[a]:.2f} CPU-s)  [{min(wall[a]):.2f}-{max(wall[a]):.2f}]")
     print(f"{'fit (trainer.fit)':<26} {fit_s:.2f} s  [{min(fit):.2f}-{max(fit):.2f}]")
     print(f"\ncommand / fit: {command / fit_s:.1f}x (medians; per round "
           f"{', '.join(f'{w / f:.1f}' for w, f in zip(wall['zoo train'], fit))})")
@@ -73,6 +80,9 @@ def main(argv=None) -> int:
     print(f"command = Lightning import {lightning:.2f} s ({lightning / command:.0%}; torch alone "
           f"{med['import torch']:.2f} s) + fit {fit_s:.2f} s ({fit_s / command:.0%}) + the rest {rest:.2f} s "
           f"({rest / command:.0%}: the zoo's imports, registry, data, evaluation, picture, files)")
+    floor = med[TORCH_OPTIMISER]
+    print(f"a plain PyTorch script reaches its first step after {floor:.2f} s (import torch, build an optimiser): "
+          f"{(floor + fit_s) / fit_s:.1f}x this fit with nothing else at all")
     return 0
 
 
