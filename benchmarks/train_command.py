@@ -27,7 +27,11 @@ from pathlib import Path
 
 
 #: the start-up of any PyTorch training script: torch, and the torch._dynamo import an optimiser triggers
-TORCH_OPTIMISER = "import torch; torch.optim.Adam(torch.nn.Linear(2, 2).parameters())"
+TORCH_OPTIMISER = "import torch + optimiser"
+#: what each fresh-process arm other than the command itself runs (``python -c``)
+SNIPPETS = {"import torch": "import torch",
+            TORCH_OPTIMISER: "import torch; torch.optim.Adam(torch.nn.Linear(2, 2).parameters())",
+            "import pytorch_lightning": "import pytorch_lightning"}
 
 
 def timed(args: list[str], cwd: str) -> tuple[float, float]:
@@ -47,7 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("--entry", default="gmm-moons")
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args(argv)
-    arms = ["import torch", TORCH_OPTIMISER, "import pytorch_lightning", "zoo train"]
+    arms = [*SNIPPETS, "zoo train"]
     wall = {a: [] for a in arms}
     cpu = {a: [] for a in arms}
     fit = []
@@ -60,10 +64,10 @@ def main(argv=None) -> int:
                     metrics = json.loads(next(Path(tmp).glob("*/version_*/metrics.json")).read_text())
                     fit.append(metrics["wall_time_s"])
                 else:
-                    w, c = timed(["-c", arm], tmp)
+                    w, c = timed(["-c", SNIPPETS[arm]], tmp)
                 wall[arm].append(w)
                 cpu[arm].append(c)
-        print(f"  round {r + 1}: " + ", ".join(f"{a[:40]} {wall[a][-1]:.2f} s ({cpu[a][-1]:.2f} CPU-s)" for a in arms)
+        print(f"  round {r + 1}: " + ", ".join(f"{a} {wall[a][-1]:.2f} s ({cpu[a][-1]:.2f} CPU-s)" for a in arms)
               + f", fit {fit[-1]:.2f} s", flush=True)
     med = {a: statistics.median(wall[a]) for a in arms}
     med_cpu = {a: statistics.median(cpu[a]) for a in arms}
@@ -71,8 +75,7 @@ def main(argv=None) -> int:
     command, lightning = med["zoo train"], med["import pytorch_lightning"]
     print(f"\n# medians (wall; CPU in brackets)")
     for a in arms:
-        label = "import torch + optimiser" if a == TORCH_OPTIMISER else a
-        print(f"{label:<26} {med[a]:.2f} s ({med_cpu[a]:.2f} CPU-s)  [{min(wall[a]):.2f}-{max(wall[a]):.2f}]")
+        print(f"{a:<26} {med[a]:.2f} s ({med_cpu[a]:.2f} CPU-s)  [{min(wall[a]):.2f}-{max(wall[a]):.2f}]")
     print(f"{'fit (trainer.fit)':<26} {fit_s:.2f} s  [{min(fit):.2f}-{max(fit):.2f}]")
     print(f"\ncommand / fit: {command / fit_s:.1f}x (medians; per round "
           f"{', '.join(f'{w / f:.1f}' for w, f in zip(wall['zoo train'], fit))})")
